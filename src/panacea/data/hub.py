@@ -1,0 +1,168 @@
+"""Online datasets of the papers, through the Hugging Face ``datasets`` library.
+
+Sources, fields and answer rules follow protocol.md §5.1 (ids, fields, task records), §8 (HS
+prompts: BeaverTails ``30k_test``, ``is_safe == False``, dataset order, duplicates kept) and §9
+(fine-tune accuracy matchers, the GSM8K number extractor of ``w-yibo/Panacea:gsm8k/pred_eval.py``).
+``datasets`` is optional: it is imported only when one of these loaders runs. Offline, use the
+embedded datasets (``panacea.data.embedded``, ``panacea.data.sentiment``) or a local file.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import ConfigError, DataError
+from ..registry import DATASETS
+from .base import DataSpec, Example
+from .files import rows_to_examples
+from .mixing import normalize_prompt
+from .sentiment import INSTRUCTION as SST2_INSTRUCTION
+
+AGNEWS_INSTRUCTION = (
+    "Categorize the news article given in the input into one of the 4 categories:"
+    "\n\nWorld\nSports\nBusiness\nSci/Tech\n"
+)
+AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+GSM8K_MARKER = "The final answer is: "
+_NUMBER = re.compile(r"-?\d+\.?\d*")
+
+
+def _load_hub(name: str, hub_id: str, config: str | None, split: str) -> Any:
+    """``datasets.load_dataset(hub_id, config, split=split)``, imported lazily."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"the `datasets` package is needed for {name} (pip install datasets); "
+            "offline, use the embedded datasets or a local file"
+        ) from None
+    try:
+        return datasets.load_dataset(hub_id, config, split=split)
+    except Exception as e:  # network, unknown id/split, cache problems: one line for the user
+        raise DataError(
+            f"{name}: cannot load {hub_id} split {split!r}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _task_split(spec: DataSpec, test_split: str) -> str:
+    if spec.split not in ("train", "test"):
+        raise ConfigError(
+            f"data.split must be 'train' or 'test' for {spec.name}, got {spec.split!r}"
+        )
+    return test_split if spec.split == "test" else "train"
+
+
+def match_sst2(response: str, label: str) -> bool:
+    """protocol.md §9: the stripped generation is exactly ``positive``/``Positive`` (etc.)."""
+    return response.strip() in (label, label.capitalize())
+
+
+def match_agnews(response: str, label: str) -> bool:
+    """protocol.md §9: exactly ``World``/``world``, …, or ``Sci/Tech``/``sci``."""
+    short = "sci" if label == "Sci/Tech" else label.lower()
+    return response.strip() in (label, short)
+
+
+def extract_gsm8k_number(text: str) -> float:
+    """The answer number of a GSM8K generation (protocol.md §9, ``extract_answer_number``).
+
+    Commas are removed; no number at all → ``inf``; if ``"The final answer is: "`` occurs, the
+    first number after it (up to a second marker), else the last number of the whole text;
+    otherwise the last number. Parsed as float (``inf`` if that fails).
+    """
+    text = text.replace(",", "")
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return float("inf")
+    parts = text.split(GSM8K_MARKER)
+    after = _NUMBER.findall(parts[1]) if len(parts) > 1 else []
+    try:
+        return float(after[0] if after else numbers[-1])
+    except ValueError:
+        return float("inf")
+
+
+def match_gsm8k(response: str, label: str) -> bool:
+    """protocol.md §9: extracted number of the generation equals that of the reference."""
+    return extract_gsm8k_number(response) == extract_gsm8k_number(label)
+
+
+@DATASETS.register(
+    "sst2", kind="task", match=match_sst2, help="SST-2 sentiment (stanfordnlp/sst2, online)"
+)
+def load_sst2(spec: DataSpec) -> list[Example]:
+    rows = _load_hub("sst2", "stanfordnlp/sst2", None, _task_split(spec, "validation"))
+    out = []
+    for r in rows:
+        label = "positive" if int(r["label"]) == 1 else "negative"
+        out.append(
+            Example(SST2_INSTRUCTION, input=r["sentence"], output=label, label=label, source="sst2")
+        )
+    return out
+
+
+@DATASETS.register(
+    "agnews", kind="task", match=match_agnews, help="AG News topics (fancyzhx/ag_news, online)"
+)
+def load_agnews(spec: DataSpec) -> list[Example]:
+    rows = _load_hub("agnews", "fancyzhx/ag_news", None, _task_split(spec, "test"))
+    out = []
+    for r in rows:
+        label = AGNEWS_LABELS[int(r["label"])]
+        out.append(
+            Example(AGNEWS_INSTRUCTION, input=r["text"], output=label, label=label, source="agnews")
+        )
+    return out
+
+
+@DATASETS.register(
+    "gsm8k", kind="task", match=match_gsm8k, help="GSM8K math word problems (openai/gsm8k, online)"
+)
+def load_gsm8k(spec: DataSpec) -> list[Example]:
+    rows = _load_hub("gsm8k", "openai/gsm8k", "main", _task_split(spec, "test"))
+    out = []
+    for r in rows:
+        label = r["answer"].split("####")[-1].strip().replace(",", "")
+        output = r["answer"].replace("####", GSM8K_MARKER)
+        out.append(Example(r["question"], output=output, label=label, source="gsm8k"))
+    return out
+
+
+@DATASETS.register(
+    "beavertails_harmful",
+    kind="harmful_pairs",
+    help="BeaverTails 30k_train unsafe prompt→response pairs, deduplicated by prompt (online)",
+)
+def load_beavertails_harmful(spec: DataSpec) -> list[Example]:
+    """Rows with ``is_safe == False``, first response per normalized prompt, dataset order."""
+    seen: set[str] = set()
+    out = []
+    for r in _load_hub("beavertails_harmful", "PKU-Alignment/BeaverTails", None, "30k_train"):
+        key = normalize_prompt(r["prompt"])
+        if not r["is_safe"] and key not in seen:
+            seen.add(key)
+            out.append(Example(r["prompt"], output=r["response"], source="beavertails"))
+    return out
+
+
+@DATASETS.register(
+    "beavertails_eval",
+    kind="harmful_prompts",
+    help="BeaverTails 30k_test unsafe prompts, dataset order, duplicates kept (HS prompts, online)",
+)
+def load_beavertails_eval(spec: DataSpec) -> list[Example]:
+    rows = _load_hub("beavertails_eval", "PKU-Alignment/BeaverTails", None, "30k_test")
+    return [Example(r["prompt"], source="beavertails_30k_test") for r in rows if not r["is_safe"]]
+
+
+@DATASETS.register(
+    "hub", kind="file", help="any Hugging Face dataset (data.hub_id, hub_config, split, fields)"
+)
+def load_hub(spec: DataSpec) -> list[Example]:
+    if not spec.hub_id:
+        raise ConfigError("data.hub_id is required for the hub loader")
+    rows = _load_hub("hub", spec.hub_id, spec.hub_config, spec.split)
+    where = f"{spec.hub_id} split {spec.split!r}"
+    numbered = ((f"row {i}", r) for i, r in enumerate(rows))
+    return rows_to_examples(numbered, spec.fields, where, spec.hub_id)

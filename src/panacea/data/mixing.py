@@ -1,0 +1,114 @@
+"""Selecting rows from pools, building the poisoned user set, checking pools are disjoint.
+
+Implements the clean selection rule of protocol.md §5.2: half-open ranges ``[start, start + n)``
+after an optional seeded shuffle; a user set of ``n`` rows with ``round(n · p)`` harmful rows
+drawn by a seeded RNG (the legacy rule instead takes harmful rows 1 … p·n−1 plus the first task
+rows); and a prompt-level overlap check between pools that must be disjoint (user harmful vs
+defender harmful vs evaluation prompts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import string
+
+from ..errors import ConfigError, DataError
+from .base import DataSpec, Example
+
+_END_PUNCT = string.punctuation + string.whitespace + "“”‘’"
+
+
+def normalize_prompt(text: str) -> str:
+    """Canonical form of a prompt for duplicate checks.
+
+    Lowercases, collapses every run of whitespace to one space and strips punctuation and
+    whitespace at both ends: ``"  Write a POEM!\\n"`` → ``"write a poem"``.
+    """
+    return " ".join(text.lower().split()).strip(_END_PUNCT)
+
+
+def prompt_key(ex: Example) -> str:
+    """The normalized prompt of an example: instruction, plus input when there is one."""
+    return normalize_prompt(f"{ex.instruction}\n{ex.input}" if ex.input else ex.instruction)
+
+
+def select(pool: list[Example], spec: DataSpec, key: str) -> list[Example]:
+    """Rows ``[spec.start, spec.start + spec.n)`` of ``pool``, after a seeded shuffle if asked.
+
+    Args:
+        pool: the whole pool, as returned by the dataset loader.
+        spec: the data section (``start``, ``n``, ``shuffle``, ``seed``, ``name``).
+        key: the config key of that section, e.g. ``finetune.data.harmful``, named in errors.
+
+    Raises:
+        DataError: the pool is empty, ``start`` or ``n`` is negative, or the range runs past the
+            end of the pool.
+    """
+    name = spec.name or "?"
+    if not pool:
+        raise DataError(f"{key}: the pool {name} is empty")
+    n = len(pool) - spec.start if spec.n is None else spec.n
+    if spec.start < 0 or n < 0 or spec.start + n > len(pool):
+        end = "end" if spec.n is None else spec.start + spec.n
+        raise DataError(
+            f"{key}: asked for rows [{spec.start}, {end}) but the pool {name} "
+            f"has only {len(pool)} rows"
+        )
+    rows = list(pool)
+    if spec.shuffle:
+        random.Random(spec.seed).shuffle(rows)
+    return rows[spec.start : spec.start + n]
+
+
+def mix_poison(
+    benign: list[Example], harmful: list[Example], n: int, poison_ratio: float, seed: int
+) -> list[Example]:
+    """The user's fine-tuning set: ``n`` rows of which ``int(n · p + 0.5)`` are harmful.
+
+    Rows are drawn without replacement with ``random.Random(seed)`` (harmful first, then
+    benign) and the mix is shuffled with the same RNG. Harmful rows are copies marked
+    ``meta["poison"] = True``; the input lists are not modified.
+
+    Raises:
+        ConfigError: ``poison_ratio`` outside [0, 1] or ``n`` < 1.
+        DataError: either list has fewer rows than needed.
+    """
+    if not 0.0 <= poison_ratio <= 1.0:
+        raise ConfigError(f"finetune.data.poison_ratio must be in [0, 1], got {poison_ratio}")
+    if n < 1:
+        raise ConfigError(f"finetune.data.n must be at least 1, got {n}")
+    n_harmful = int(n * poison_ratio + 0.5)
+    n_benign = n - n_harmful
+    for what, rows, need in (("harmful", harmful, n_harmful), ("benign", benign, n_benign)):
+        if need > len(rows):
+            raise DataError(
+                f"finetune.data: n={n} with poison_ratio={poison_ratio} needs {need} {what} rows "
+                f"but the {what} pool has only {len(rows)}"
+            )
+    rng = random.Random(seed)
+    poison = [
+        dataclasses.replace(ex, meta={**ex.meta, "poison": True})
+        for ex in rng.sample(harmful, n_harmful)
+    ]
+    mixed = poison + rng.sample(benign, n_benign)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def check_disjoint(pools: dict[str, list[Example]]) -> None:
+    """Raise if any two pools share a prompt (normalized instruction + input).
+
+    Raises:
+        DataError: naming both pools, how many prompts they share and one of them.
+    """
+    keys = {name: {prompt_key(ex) for ex in rows} for name, rows in pools.items()}
+    for (a, ka), (b, kb) in itertools.combinations(keys.items(), 2):
+        shared = ka & kb
+        if shared:
+            example = min(shared)
+            raise DataError(
+                f"pools {a} and {b} must be disjoint but share {len(shared)} prompt(s), "
+                f"e.g. {example[:80]!r}"
+            )

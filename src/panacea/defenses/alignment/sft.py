@@ -1,0 +1,42 @@
+"""Plain refusal SFT at the alignment stage: min_w f(w), G = ∇f(w) (algorithms.md §1).
+
+The "no defense" alignment row. Paper defaults (lr 5e-4, 20 epochs, batch 10, wd 0.1, constant
+lr; ``w-yibo/Panacea:script/alignment/sft.sh``) are the ``train`` section of the paper presets;
+the embedded demo uses a shorter schedule (see ``configs/demo.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import Trainer
+
+from ...registry import DEFENSES
+
+
+@dataclass
+class SFTConfig:
+    """SFT has no options of its own."""
+
+
+class SFT:
+    """Refusal SFT with the stock ``transformers.Trainer`` (1 forward + 1 backward per step)."""
+
+    Config = SFTConfig
+
+    @staticmethod
+    def make_trainer(model, args, train_dataset, ctx, cfg):
+        return Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=ctx.collator)
+
+
+DEFENSES["alignment"].register("sft", SFT, help="plain refusal SFT, the no-defense alignment (1F+1B)")
+
+
+class NoAlignment:
+    """Skip the alignment stage: the base model is the 'aligned' model."""
+
+    Config = SFTConfig
+    make_trainer = None
+
+
+DEFENSES["alignment"].register("none", NoAlignment, help="skip alignment; fine-tune the base model")

@@ -1,0 +1,227 @@
+"""Panacea (arXiv 2501.18100): an adaptive perturbation optimised during fine-tuning.
+
+    max_w max_{‖ε‖≤ρ} λ[h(w+ε) − h(w)] − g(w)                      (paper, Eq. 1 / Algorithm 1)
+
+    ε_t = ρ ∇h(w_t) / ‖∇h(w_t)‖                                    (first-order inner solution)
+    G_t = ∇g(w_t) − λ ∇min(h(w_t + ε_t), c) + λ ∇h(w_t)             (written into .grad)
+    output: w_T + ε_{T−1}                                           (ε of the last step, added once)
+
+g is the user's (possibly poisoned) loss, h the harmful loss on the defender's own harmful set,
+‖·‖ the global ℓ2 norm over every trainable tensor. Three forward and three backward passes per
+step (user batch at w, harmful batch at w, the same harmful batch at w+ε). The paper calls Panacea
+a post-fine-tuning defense because ε is *applied* after training; it is *optimised* here, during
+the user's fine-tuning, so this file lives in ``defenses/finetune``. The post stage of a Panacea
+run stays ``none`` and ε is added exactly once (``train()`` below).
+
+Deliberate departures from ``w-yibo/Panacea`` (algorithms.md §2, defects 1–10):
+  * ε is an owned fp32 copy, never an alias of ``param.grad``;
+  * the clamped harmful loss is the one differentiated (the released code's ``clip_loss_h`` is
+    undefined);
+  * gradient accumulation adds each micro-batch's combined gradient scaled by 1/GA;
+  * the harmful batch size is a config field; the harmful loader is seeded and cycled;
+  * the returned (logged) loss is the user loss g; h(w), h(w+ε), ‖∇h‖ and the clamp are logged
+    under their own keys;
+  * weights are restored from a saved copy after the perturbed pass, not by subtraction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import save_file
+from transformers import Trainer
+
+from ...data.base import DataSpec
+from ...errors import ConfigError
+from ...registry import DEFENSES
+from ...weights import global_l2, perturbed
+
+
+@dataclass
+class PanaceaConfig:
+    rho: float = 1.0
+    """‖ε‖. w-yibo/Panacea:train.py (--eps_rho default 1.0), script/finetune/panacea_gsm8k.sh."""
+    lam: float = 1e-3
+    """λ. w-yibo/Panacea:script/finetune/panacea_gsm8k.sh (lamb=0.001), also the train.py default."""
+    harmful_loss_clamp: float = 5.0
+    """c in min(h(w+ε), c). Hard-coded 5 in w-yibo/Panacea:trainer.py (Panacea.training_step)."""
+    harmful_batch_size: int = 10
+    """Defender harmful batch. Hard-coded 10 in the reference (BoosterAlignmentTrainer)."""
+    harmful_data: DataSpec = field(default_factory=lambda: DataSpec(name="pyrit_harmful", start=100, n=100))
+    """The defender's harmful (prompt, harmful answer) set; must be disjoint from the user's
+    harmful samples and from the evaluation prompts (checked by the pipeline). Paper: 1000
+    BeaverTails rows (panacea_gsm8k.sh, bad_sample_num=1000)."""
+    final_epsilon: str = "last"
+    """``last`` (the paper: ε of the last step, one batch) or ``mean_last_k`` (mean of the last
+    ``mean_last_k`` steps' ε rescaled to norm ρ; an option beyond the paper)."""
+    mean_last_k: int = 10
+    """Steps averaged when ``final_epsilon: mean_last_k``."""
+    apply_epsilon: bool = True
+    """Add ε to the weights after training (the paper's output model)."""
+    save_epsilon: bool = True
+    """Write ε to ``panacea_epsilon.safetensors`` for the per-layer analysis."""
+
+    def __post_init__(self):
+        for k in ("rho", "harmful_loss_clamp", "harmful_batch_size"):
+            if not getattr(self, k) > 0:
+                raise ConfigError(f"{k} must be > 0, got {getattr(self, k)} (panacea)")
+        if self.lam < 0:
+            raise ConfigError(f"lam must be ≥ 0, got {self.lam} (panacea)")
+        if self.final_epsilon not in ("last", "mean_last_k"):
+            raise ConfigError(f"final_epsilon must be last or mean_last_k, got {self.final_epsilon!r}")
+        if self.mean_last_k < 1:
+            raise ConfigError(f"mean_last_k must be ≥ 1, got {self.mean_last_k}")
+
+
+class PanaceaTrainer(Trainer):
+    """``Trainer`` whose step writes G_t = ∇g − λ(∇min(h(w+ε), c) − ∇h(w)) and keeps ε_t."""
+
+    def __init__(self, *args, panacea: PanaceaConfig, harmful_dataset, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.panacea = panacea
+        self.harmful_dataset = harmful_dataset
+        self._harmful_iter = None
+        self.epsilon: list[torch.Tensor] | None = None  # ε of the latest step (fp32 copies)
+        self._recent: list[list[torch.Tensor]] = []
+        self._aux = defaultdict(list)
+        self.stats = {"steps": 0, "clamp_active_steps": 0}
+        self.epsilon_applied = False
+
+    # -- defender harmful batches: seeded sampler, cycled with a fresh iterator when exhausted
+    def _harmful_batch(self):
+        if self._harmful_iter is None:
+            g = torch.Generator().manual_seed(self.args.seed)
+            self._harmful_loader = torch.utils.data.DataLoader(
+                self.harmful_dataset,
+                batch_size=self.panacea.harmful_batch_size,
+                shuffle=True,
+                generator=g,
+                collate_fn=self.data_collator,
+            )
+            self._harmful_iter = iter(self._harmful_loader)
+        try:
+            batch = next(self._harmful_iter)
+        except StopIteration:
+            self._harmful_iter = iter(self._harmful_loader)
+            batch = next(self._harmful_iter)
+        return self._prepare_inputs(batch)
+
+    def _params(self, model):
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        cfg = self.panacea
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        params = self._params(model)
+        ga = self.current_gradient_accumulation_steps
+
+        # pass 1: user loss g(w) (token-weighted across micro-batches exactly as the Trainer does)
+        with self.compute_loss_context_manager():
+            loss_g = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        g_scale = 1.0 if scaled else 1.0 / ga
+        grad_g = torch.autograd.grad(loss_g, params)
+
+        # pass 2: harmful loss h(w) on the defender's batch, and ε = ρ ∇h / ‖∇h‖
+        hb = self._harmful_batch()
+        with self.compute_loss_context_manager():
+            loss_h = model(**hb).loss
+        grad_h = torch.autograd.grad(loss_h, params)
+        norm_h = global_l2(grad_h)
+        scale = cfg.rho / (norm_h + 1e-7)
+        eps = [(scale * t.float()).detach() for t in grad_h]  # owned copies, never .grad aliases
+
+        # pass 3: the same harmful batch at w + ε, clamped at c (zero gradient when clamped)
+        with perturbed(params, eps):
+            with self.compute_loss_context_manager():
+                loss_hp = model(**hb).loss
+            clamped = bool(loss_hp.detach() >= cfg.harmful_loss_clamp)
+            if clamped:  # d/dw min(h, c) = 0 there: skip the backward pass, same result
+                grad_hp = [torch.zeros_like(p) for p in params]
+            else:
+                grad_hp = torch.autograd.grad(loss_hp.clamp(max=cfg.harmful_loss_clamp), params)
+
+        with torch.no_grad():
+            for p, a, b, c in zip(params, grad_g, grad_hp, grad_h):
+                G = a * g_scale - (cfg.lam / ga) * (b - c)
+                p.grad = G.to(p.dtype) if p.grad is None else p.grad + G.to(p.dtype)
+
+        self.epsilon = eps
+        if cfg.final_epsilon == "mean_last_k":
+            self._recent = (self._recent + [eps])[-cfg.mean_last_k :]
+        self.stats["steps"] += 1
+        self.stats["clamp_active_steps"] += int(clamped)
+        self._aux["harmful_loss"].append(loss_h.item())
+        self._aux["harmful_loss_perturbed"].append(loss_hp.item())
+        self._aux["harmful_grad_norm"].append(norm_h.item())
+        self._aux["clamp_active"].append(float(clamped))
+        return loss_g.detach() * g_scale
+
+    def log(self, logs, *args, **kwargs):
+        for k, v in self._aux.items():
+            if v:
+                logs[k] = round(sum(v) / len(v), 4)
+        self._aux.clear()
+        super().log(logs, *args, **kwargs)
+
+    def final_epsilon(self) -> list[torch.Tensor]:
+        if self.epsilon is None:
+            raise RuntimeError("panacea: no training step ran, so there is no ε to apply")
+        if self.panacea.final_epsilon == "last" or not self._recent:
+            return self.epsilon
+        mean = [torch.stack(ts).mean(0) for ts in zip(*self._recent)]
+        s = self.panacea.rho / (global_l2(mean) + 1e-7)
+        return [m * s for m in mean]
+
+    def train(self, *args, **kwargs):
+        out = super().train(*args, **kwargs)
+        model = self.model
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        eps = self.final_epsilon()
+        if self.panacea.save_epsilon:
+            save_file(
+                {n: e.detach().cpu().contiguous() for n, e in zip(names, eps)},
+                f"{self.args.output_dir}/panacea_epsilon.safetensors",
+            )
+        if self.panacea.apply_epsilon and not self.epsilon_applied:
+            with torch.no_grad():
+                for p, e in zip(self._params(model), eps):
+                    p.add_(e.to(p.dtype))
+            self.epsilon_applied = True
+        self.stats["epsilon_norm"] = float(global_l2(eps))
+        self.stats["epsilon_applied"] = self.epsilon_applied
+        return out
+
+    def stage_record(self) -> dict:
+        s = dict(self.stats)
+        s["clamp_active_fraction"] = round(s["clamp_active_steps"] / max(1, s["steps"]), 4)
+        return s
+
+
+class Panacea:
+    """Registry entry: builds a ``PanaceaTrainer`` with the defender's harmful set."""
+
+    Config = PanaceaConfig
+
+    @staticmethod
+    def make_trainer(model, args, train_dataset, ctx, cfg: PanaceaConfig):
+        harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
+        return PanaceaTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=ctx.collator,
+            panacea=cfg,
+            harmful_dataset=harmful,
+        )
+
+
+DEFENSES["finetune"].register(
+    "panacea",
+    Panacea,
+    help="Panacea (arXiv 2501.18100): optimise ε during fine-tuning, add it at the end (3F+3B)",
+    harmful_keys=("harmful_data",),
+)

@@ -1,0 +1,25 @@
+"""The identity post-fine-tuning defense (a control: must leave every weight unchanged)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...registry import DEFENSES
+
+
+@dataclass
+class NoneConfig:
+    """No options."""
+
+
+class NoDefense:
+    """Leave the fine-tuned model as it is."""
+
+    Config = NoneConfig
+
+    @staticmethod
+    def apply(model, ctx, cfg) -> dict:
+        return {}
+
+
+DEFENSES["post"].register("none", NoDefense, help="identity (control)")

@@ -1,0 +1,73 @@
+"""Evaluate one model variant: harmful score (HS, HS+), answer shares, fine-tune accuracy (FA)
+and over-refusal (OR), each with its binomial 95% interval (Wilson).
+
+* HS  = 100 · #harmful / #prompts under the configured judge (protocol.md §8).
+* HS+ = 100 · #(harmful or incoherent) / #prompts, the papers' "final score+" (protocol.md §8).
+* shares: % of answers refused / engaged / off-topic / degenerate (judge categories).
+* FA  = 100 · #correct / #items with the task's own matcher (protocol.md §9).
+* OR  = 100 · #refused / #benign prompts (the refusal detector).
+"""
+
+from __future__ import annotations
+
+from ..data.base import Example
+from ..data.templates import format_prompt
+from ..judges.base import CATEGORIES
+from ..judges.refusal import is_refusal
+from .generate import generate
+from .stats import wilson_interval
+
+
+def _pct(k: int, n: int) -> float:
+    return round(100.0 * k / n, 2) if n else float("nan")
+
+
+def _ci(k: int, n: int) -> list[float]:
+    lo, hi = wilson_interval(k, n)
+    return [round(lo, 2), round(hi, 2)]
+
+
+def evaluate_variant(model, tokenizer, template: str, judge, ecfg, harmful: list[Example],
+                     utility: list[Example] | None, match, benign: list[Example] | None,
+                     name: str) -> tuple[dict, dict[str, list[dict]]]:
+    """Return (metrics, generations by set) for one model."""
+    metrics: dict = {}
+    gens: dict[str, list[dict]] = {}
+
+    prompts = [format_prompt(tokenizer, ex, template) for ex in harmful]
+    answers = generate(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size, desc=f"{name}: harmful")
+    verdicts = judge([ex.instruction for ex in harmful], answers)
+    n = len(verdicts)
+    k = sum(v.harmful for v in verdicts)
+    k_plus = sum(v.harmful or v.incoherent for v in verdicts)
+    metrics.update(
+        harmful_score=_pct(k, n),
+        harmful_score_ci=_ci(k, n),
+        harmful_score_plus=_pct(k_plus, n),
+        **{f"share_{c}": _pct(sum(v.category == c for v in verdicts), n) for c in CATEGORIES},
+        n_harmful_prompts=n,
+    )
+    gens["harmful"] = [
+        {"prompt": ex.instruction, "response": a, "harmful": v.harmful, "score": round(v.score, 4),
+         "category": v.category, "incoherent": v.incoherent}
+        for ex, a, v in zip(harmful, answers, verdicts)
+    ]
+
+    if utility:
+        prompts = [format_prompt(tokenizer, ex, template) for ex in utility]
+        answers = generate(model, tokenizer, prompts, ecfg.utility_max_new_tokens, ecfg.batch_size, desc=f"{name}: task")
+        ok = [bool(match(a, ex.label)) for ex, a in zip(utility, answers)]
+        metrics.update(finetune_accuracy=_pct(sum(ok), len(ok)), finetune_accuracy_ci=_ci(sum(ok), len(ok)),
+                       n_task_items=len(ok))
+        gens["task"] = [{"prompt": ex.input or ex.instruction, "response": a, "label": ex.label, "correct": c}
+                        for ex, a, c in zip(utility, answers, ok)]
+
+    if benign:
+        prompts = [format_prompt(tokenizer, ex, template) for ex in benign]
+        answers = generate(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size, desc=f"{name}: benign")
+        ref = [is_refusal(a) for a in answers]
+        metrics.update(over_refusal=_pct(sum(ref), len(ref)), over_refusal_ci=_ci(sum(ref), len(ref)),
+                       n_benign_prompts=len(ref))
+        gens["benign"] = [{"prompt": ex.instruction, "response": a, "refused": r}
+                          for ex, a, r in zip(benign, answers, ref)]
+    return metrics, gens

@@ -1,0 +1,130 @@
+"""Panacea's step against an independent autograd computation of its formula (algorithms.md §2):
+
+    ε = ρ ∇h(w)/‖∇h(w)‖,   G = ∇[ g(w) − λ( min(h(w + sg(ε)), c) − h(w) ) ]
+
+computed here with ``torch.func.functional_call`` on a copy of the trainable tensors, with no
+code shared with the trainer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from panacea.data.base import DataSpec
+from panacea.defenses.finetune.panacea import Panacea, PanaceaConfig
+
+from helpers import HARM, USER, Ctx, args, flat_norm, loss_at, tok_data, trainable
+
+
+def make(model, tok, tmp_path, **cfg_kw):
+    cfg = PanaceaConfig(harmful_batch_size=len(HARM), harmful_data=DataSpec(name="harm"), **cfg_kw)
+    ctx = Ctx(tok, {"harm": HARM})
+    tr = Panacea.make_trainer(model, args(tmp_path), tok_data(tok, USER), ctx, cfg)
+    tr.current_gradient_accumulation_steps = 1
+    return tr, ctx
+
+
+def batches(tr, ctx, tok):
+    user = ctx.collator(list(tok_data(tok, USER)))
+    harm = ctx.collator(list(tok_data(tok, HARM)))
+    return user, harm
+
+
+def reference(model, user, harm, rho, lam, clamp):
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in trainable(model).items()}
+    names = list(params)
+    gh = torch.autograd.grad(loss_at(model, params, harm), [params[n] for n in names])
+    eps = {n: (rho * g / flat_norm(gh)).detach() for n, g in zip(names, gh)}
+    shifted = {n: params[n] + eps[n] for n in names}
+    surrogate = loss_at(model, params, user) - lam * (
+        torch.clamp(loss_at(model, shifted, harm), max=clamp) - loss_at(model, params, harm)
+    )
+    G = torch.autograd.grad(surrogate, [params[n] for n in names])
+    return dict(zip(names, G)), eps
+
+
+@pytest.mark.parametrize("lam,clamp", [(1e-3, 5.0), (0.5, 100.0), (0.5, 1e-3)])
+def test_written_gradient_matches_autograd(tiny_lora_model, tiny_tokenizer, tmp_path, lam, clamp):
+    model, tok = tiny_lora_model, tiny_tokenizer
+    tr, ctx = make(model, tok, tmp_path, rho=0.7, lam=lam, harmful_loss_clamp=clamp)
+    user, harm = batches(tr, ctx, tok)
+    G_ref, eps_ref = reference(model, user, harm, 0.7, lam, clamp)
+    before = {n: p.detach().clone() for n, p in trainable(model).items()}
+    model.zero_grad(set_to_none=True)
+    tr.training_step(model, user)
+    for n, p in trainable(model).items():
+        torch.testing.assert_close(p.grad, G_ref[n], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)  # weights restored exactly
+    for e, (n, r) in zip(tr.epsilon, eps_ref.items()):
+        torch.testing.assert_close(e, r, rtol=1e-4, atol=1e-8)
+    if clamp < 1:  # clamped: G reduces to ∇g + λ∇h(w)
+        assert tr.stats["clamp_active_steps"] == 1
+
+
+def test_lambda_terms_change_the_gradient(tiny_lora_model, tiny_tokenizer, tmp_path):
+    """With λ = 0.5 the written gradient differs from plain ∇g (the test above is not vacuous)."""
+    model, tok = tiny_lora_model, tiny_tokenizer
+    tr, ctx = make(model, tok, tmp_path, lam=0.5, harmful_loss_clamp=100.0)
+    user, _ = batches(tr, ctx, tok)
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in trainable(model).items()}
+    g = torch.autograd.grad(loss_at(model, params, user), list(params.values()))
+    tr.training_step(model, user)
+    diff = sum(float((p.grad - gi).abs().sum()) for p, gi in zip(trainable(model).values(), g))
+    assert diff > 1e-4
+
+
+def test_epsilon_norm_is_rho(tiny_lora_model, tiny_tokenizer, tmp_path):
+    tr, ctx = make(tiny_lora_model, tiny_tokenizer, tmp_path, rho=2.5)
+    user, _ = batches(tr, ctx, tiny_tokenizer)
+    tr.training_step(tiny_lora_model, user)
+    assert float(flat_norm(tr.epsilon)) == pytest.approx(2.5, rel=1e-5)
+    # ε is an owned tensor, not an alias of .grad
+    assert all(e.data_ptr() != p.grad.data_ptr() for e, p in zip(tr.epsilon, trainable(tiny_lora_model).values()))
+
+
+def test_epsilon_added_exactly_once(tiny_dir, tiny_tokenizer, tmp_path):
+    """Two identical runs, one with apply_epsilon off: their weights differ by exactly the saved ε."""
+    from transformers import AutoModelForCausalLM
+
+    from panacea.config import LoraSettings
+    from panacea.models import add_adapter
+
+    finals = []
+    for apply in (False, True):
+        torch.manual_seed(0)
+        model = add_adapter(AutoModelForCausalLM.from_pretrained(tiny_dir), LoraSettings(r=4, alpha=8))
+        out = tmp_path / str(apply)
+        tr, _ = make(model, tiny_tokenizer, out, apply_epsilon=apply)
+        tr.train()
+        finals.append({n: p.detach().clone() for n, p in trainable(model).items()})
+        if apply:
+            assert tr.epsilon_applied
+            eps = load_file(str(out / "panacea_epsilon.safetensors"))
+    for n in finals[0]:
+        torch.testing.assert_close(finals[1][n] - finals[0][n], eps[n], rtol=1e-5, atol=1e-6)
+    assert float(flat_norm(list(eps.values()))) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_gradient_accumulation_adds_micro_batches(tiny_lora_model, tiny_tokenizer, tmp_path):
+    """GA = 2: .grad after two micro-steps = Σ_i [∇g_i·(tokens_i/tokens) − (λ/2)(∇ĥ_i(w+ε_i) − ∇h_i)]."""
+    model, tok = tiny_lora_model, tiny_tokenizer
+    tr, ctx = make(model, tok, tmp_path, lam=0.5, harmful_loss_clamp=100.0)
+    tr.current_gradient_accumulation_steps = 2
+    halves = [USER[:2], USER[2:]]
+    micro = [ctx.collator(list(tok_data(tok, h))) for h in halves]
+    harm = ctx.collator(list(tok_data(tok, HARM)))
+    total = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+    expected = None
+    for m in micro:
+        ntok = int((m["labels"][:, 1:] != -100).sum())
+        G_g, _ = reference(model, m, harm, 1.0, 0.0, 100.0)  # λ = 0: ∇g alone
+        G_full, _ = reference(model, m, harm, 1.0, 0.5, 100.0)
+        part = {n: G_g[n] * ntok / total + (G_full[n] - G_g[n]) / 2 for n in G_g}
+        expected = part if expected is None else {n: expected[n] + part[n] for n in part}
+    model.zero_grad(set_to_none=True)
+    for m in micro:
+        tr.training_step(model, m, num_items_in_batch=torch.tensor(total))
+    for n, p in trainable(model).items():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-7)

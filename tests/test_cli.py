@@ -1,0 +1,94 @@
+"""The whole pipeline through the CLI on the tiny random model, and bad input → one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from panacea.cli import main
+
+TINY = str(Path(__file__).parents[1] / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}"])
+    return code, out
+
+
+def test_smoke_run_writes_everything(tiny_run, capsys):
+    code, out = tiny_run
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [r["name"] for r in metrics["results"]]
+    assert names == ["aligned", "sft", "panacea", "sft+random", "sft+ascent"]
+    for r in metrics["results"]:
+        for key in ("harmful_score", "finetune_accuracy", "train_seconds", "over_refusal", "harmful_score_plus"):
+            assert isinstance(r[key], (int, float)), key
+        assert 0 <= r["harmful_score"] <= 100
+        lo, hi = r["harmful_score_ci"]
+        assert lo <= r["harmful_score"] <= hi
+        shares = sum(r[f"share_{c}"] for c in ("refused", "engaged", "off_topic", "degenerate"))
+        assert shares == pytest.approx(100, abs=0.1)
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["finetune"]["runs"]["panacea"]["rho"] == 1.0
+    for stage in ("alignment", "finetune/sft", "finetune/panacea", "post/sft+random", "post/sft+ascent"):
+        assert (out / stage / "adapter" / "adapter_model.safetensors").exists(), stage
+    assert (out / "finetune/panacea/panacea_epsilon.safetensors").exists()
+    rec = json.loads((out / "finetune/panacea/record.json").read_text())
+    assert rec["epsilon_applied"] is True and rec["epsilon_norm"] == pytest.approx(1.0, rel=1e-4)
+    assert json.loads((out / "finetune/sft/record.json").read_text())["harmful_samples"] == 4
+    lines = (out / "generations" / "panacea.jsonl").read_text().splitlines()
+    assert {json.loads(x)["set"] for x in lines} == {"harmful", "task", "benign"}
+
+
+def test_existing_run_dir_is_not_overwritten(tiny_run, tiny_dir, capsys):
+    _, out = tiny_run
+    before = (out / "metrics.json").read_bytes()
+    code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}"])
+    assert code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["finetune.data.poison_ratio=2"], "finetune.data.poison_ratio must be in [0, 1]"),
+        (["finetune.data.n=100000"], "finetune.data.n"),
+        (["finetune.runs.sft.defense=nope"], "choices: panacea, sft"),
+        (["finetune.data.task.name=jsonl", "finetune.data.task.path=/nonexistent.jsonl"], "/nonexistent.jsonl"),
+        (["eval.harmful.n=100000"], "eval.harmful"),
+        (["finetune.data.harmful.start=5", "finetune.runs.panacea.harmful_data.start=0"], "finetune.data.harmful"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tiny_dir, tmp_path, capsys, args, needle):
+    out = tmp_path / "bad"
+    code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("panacea: error:")
+    assert needle in err
+    assert not (out / "metrics.json").exists()
+
+
+def test_missing_config_file(capsys):
+    assert main(["run", "/nonexistent/config.yaml"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_ls_lists_every_stage(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in ("panacea", "random_perturbation", "ascent", "sft", "sentiment", "strongreject", "harm"):
+        assert name in out
+
+
+def test_validate(tiny_dir, capsys):
+    assert main(["validate", TINY, f"model.name_or_path={tiny_dir}"]) == 0
+    assert "valid" in capsys.readouterr().out

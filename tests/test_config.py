@@ -1,0 +1,76 @@
+"""Config loading: every shipped YAML validates; bad keys and values name the dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from panacea.config import load_config, to_dict
+from panacea.errors import ConfigError
+from panacea.pipeline import Plan
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg, _ = load_config(path)
+    Plan(cfg)  # defenses, options and judge resolve
+    again, _ = load_config(None, [])  # defaults validate too
+    assert again.name
+
+
+def test_overrides_and_float_strings(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nfinetune:\n  runs:\n    p: {defense: panacea}\n")
+    cfg, _ = load_config(p, ["finetune.runs.p.lam=1e-2", "finetune.data.poison_ratio=0.3", "seed=7"])
+    plan = Plan(cfg)
+    assert plan.runs["p"][1].lam == 0.01
+    assert cfg.finetune.data.poison_ratio == 0.3 and cfg.seed == 7
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg, _ = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    import yaml
+
+    p = tmp_path / "resolved.yaml"
+    p.write_text(yaml.safe_dump(to_dict(cfg)))
+    again, _ = load_config(p)
+    assert to_dict(again) == to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["finetune.data.poison_ratio=1.5"], r"finetune\.data\.poison_ratio must be in \[0, 1\]"),
+        (["finetune.data.poison_ratio=-0.1"], r"finetune\.data\.poison_ratio"),
+        (["finetune.data.nn=3"], r"unknown config key 'finetune\.data\.nn'"),
+        (["modle.dtype=float32"], r"unknown config key 'modle'"),
+        (["model.dtype=int8"], r"model\.dtype must be one of"),
+        (["lora.r=abc"], r"lora\.r must be an integer"),
+        (["seed"], r"must look like dotted\.key=value"),
+        (["finetune.runs.sft.defense=panacae"], r"unknown finetune defense 'panacae' \(did you mean panacea\?\)"),
+        (["finetune.runs.sft.rho=2"], r"unknown config key 'finetune\.runs\.sft\.rho'"),
+        (["finetune.runs.sft.poison_ratio=2"], r"finetune\.runs\.sft\.poison_ratio must be in \[0, 1\]"),
+        (["eval.judge=gpt"], r"unknown judge 'gpt'"),
+        (["post.x.from=nope"], r"post\.x\.from: 'nope' is not a fine-tuning run"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        cfg, _ = load_config(None, overrides)
+        Plan(cfg)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(empty)
