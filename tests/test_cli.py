@@ -92,3 +92,12 @@ def test_ls_lists_every_stage(capsys):
 def test_validate(tiny_dir, capsys):
     assert main(["validate", TINY, f"model.name_or_path={tiny_dir}"]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_merge_new_mode_and_alpaca_template(tiny_dir, tmp_path):
+    out = tmp_path / "merge"
+    code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}",
+                 "finetune.adapter_mode=merge_new", "model.template=alpaca", "eval.variants=[sft, sft+random]"])
+    assert code == 0
+    names = [r["name"] for r in json.loads((out / "metrics.json").read_text())["results"]]
+    assert names == ["sft", "sft+random"]

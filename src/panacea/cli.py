@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .errors import UserError
 
@@ -64,6 +65,7 @@ def cmd_ls(what: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
     if args.cmd is None:
         _parser().print_help()
         return 2

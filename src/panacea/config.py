@@ -45,6 +45,9 @@ class ModelConfig:
     """Training sequence length in tokens (papers: 256, protocol.md §4)."""
     template: str = "chat"
     """``chat`` (the tokenizer's chat template) or ``alpaca`` (the papers' template, protocol.md §6)."""
+    system_prompt: str | None = None
+    """``chat`` template only: a system message for every prompt; ``null`` keeps the template's
+    default (SmolLM2 inserts a 17-token one), a short one saves prompt tokens on a CPU."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you trust the model's repository."""
 
@@ -89,6 +92,8 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     max_steps: int = -1
     optim: str = "adamw_torch"
+    train_sampling_strategy: str = "random"
+    """``random``, ``sequential`` or ``group_by_length`` (batches of similar length: less padding)."""
     logging_steps: int = 10
 
     def __post_init__(self):
@@ -96,6 +101,7 @@ class TrainSettings:
         _positive("train.learning_rate", self.learning_rate)
         _positive("train.per_device_train_batch_size", self.per_device_train_batch_size)
         _positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        _choice("train.train_sampling_strategy", self.train_sampling_strategy, ("random", "sequential", "group_by_length"))
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be ≥ 0, got {self.weight_decay}")
 

@@ -30,7 +30,7 @@ from . import models
 from .config import ExperimentConfig, TrainSettings, from_dict, parse_options, to_dict
 from .data.base import DataSpec, Example
 from .data.mixing import check_disjoint, mix_poison, select
-from .data.templates import Collator, tokenize
+from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, UserError
 from .registry import DATASETS, DEFENSES, JUDGES
 
@@ -78,8 +78,15 @@ class Context:
         return select(self.pool(spec, key), spec, key)
 
     def dataset(self, spec: DataSpec, key: str):
-        exs = self.examples(spec, key)
-        return tokenize(self.tokenizer, exs, self.cfg.model.template, self.cfg.model.max_length)
+        return self.tokenize(self.examples(spec, key))
+
+    def tokenize(self, exs: list[Example]):
+        m = self.cfg.model
+        return tokenize(self.tokenizer, exs, m.template, m.max_length, m.system_prompt)
+
+    def format(self, ex: Example) -> str:
+        """The prompt text exactly as in training, for generation."""
+        return format_prompt(self.tokenizer, ex, self.cfg.model.template, self.cfg.model.system_prompt)
 
     def matcher(self, spec: DataSpec, key: str):
         entry = DATASETS.get(spec.name, f"{key}.name")
@@ -120,6 +127,9 @@ class Plan:
     def defender_sets(self):
         """(config key, DataSpec) of every defender harmful set the plan uses."""
         out = []
+        if self.cfg.alignment.defense != "none":
+            for k in self.align.meta.get("harmful_keys", ()):
+                out.append((f"alignment.{k}", getattr(self.align_opts, k)))
         for name, (entry, opts, _, _) in self.runs.items():
             for k in entry.meta.get("harmful_keys", ()):
                 out.append((f"finetune.runs.{name}.{k}", getattr(opts, k)))
@@ -257,7 +267,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         import random
 
         random.Random(cfg.seed).shuffle(data)
-        ds = tokenize(tok, data, cfg.model.template, cfg.model.max_length)
+        ds = ctx.tokenize(data)
         say(f"[{step}/{n_stages}] alignment: {a.defense} on {len(ds)} examples")
         model = models.build(cfg.model, cfg.lora, [], new_adapter=True)
         out = run_dir / "alignment"
@@ -275,7 +285,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         step += 1
         user = mix_poison(task, harm, fd.n, p, mix_seed)
         n_h = sum(1 for e in user if e.meta.get("poison"))
-        ds = tokenize(tok, user, cfg.model.template, cfg.model.max_length)
+        ds = ctx.tokenize(user)
         say(f"[{step}/{n_stages}] fine-tuning {name}: {entry.name} on {len(ds)} user samples ({n_h} harmful, p={p})")
         merge = cfg.finetune.adapter_mode == "merge_new"
         model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
@@ -333,7 +343,7 @@ def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
     for i, v in enumerate(plan.variants, 1):
         t0 = time.perf_counter()
         model = models.build(cfg.model, cfg.lora, chains[v], new_adapter=False)
-        m, gens = evaluate_variant(model, tok, cfg.model.template, judge, e, harmful, utility, match, benign, v)
+        m, gens = evaluate_variant(model, tok, ctx.format, judge, e, harmful, utility, match, benign, v)
         del model
         rec = records.get(v, {})
         row = {"name": v, **m, "train_seconds": rec.get("train_seconds", 0.0),

@@ -76,6 +76,7 @@ JUDGES = Registry("judge")
 
 _BUILTINS = (
     "panacea.defenses.alignment.sft",
+    "panacea.defenses.alignment.booster",
     "panacea.defenses.finetune.sft",
     "panacea.defenses.finetune.panacea",
     "panacea.defenses.post.none",

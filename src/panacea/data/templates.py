@@ -33,14 +33,15 @@ ALPACA_INPUT = (
 )
 
 
-def format_prompt(tokenizer, ex: Example, template: str) -> str:
+def format_prompt(tokenizer, ex: Example, template: str, system: str | None = None) -> str:
     if template == "alpaca":
         t = ALPACA_INPUT if ex.input else ALPACA_NO_INPUT
         return t.format(instruction=ex.instruction, input=ex.input)
     content = f"{ex.instruction}\n\n{ex.input}" if ex.input else ex.instruction
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-    )
+    msgs = [{"role": "user", "content": content}]
+    if system is not None:
+        msgs.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
@@ -63,11 +64,12 @@ class Tokenized(torch.utils.data.Dataset):
         return self.features[i]
 
 
-def tokenize(tokenizer, examples: list[Example], template: str, max_length: int) -> Tokenized:
+def tokenize(tokenizer, examples: list[Example], template: str, max_length: int,
+             system: str | None = None) -> Tokenized:
     feats, empty = [], 0
     eos = tokenizer.eos_token or ""
     for ex in examples:
-        src = encode_prompt(tokenizer, format_prompt(tokenizer, ex, template))
+        src = encode_prompt(tokenizer, format_prompt(tokenizer, ex, template, system))
         tgt = tokenizer(ex.output + eos, add_special_tokens=False).input_ids
         ids = (src + tgt)[:max_length]
         labels = ([-100] * len(src) + tgt)[:max_length]

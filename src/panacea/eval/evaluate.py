@@ -11,7 +11,6 @@ and over-refusal (OR), each with its binomial 95% interval (Wilson).
 from __future__ import annotations
 
 from ..data.base import Example
-from ..data.templates import format_prompt
 from ..judges.base import CATEGORIES
 from ..judges.refusal import is_refusal
 from .generate import generate
@@ -27,14 +26,14 @@ def _ci(k: int, n: int) -> list[float]:
     return [round(lo, 2), round(hi, 2)]
 
 
-def evaluate_variant(model, tokenizer, template: str, judge, ecfg, harmful: list[Example],
+def evaluate_variant(model, tokenizer, fmt, judge, ecfg, harmful: list[Example],
                      utility: list[Example] | None, match, benign: list[Example] | None,
                      name: str) -> tuple[dict, dict[str, list[dict]]]:
-    """Return (metrics, generations by set) for one model."""
+    """Return (metrics, generations by set) for one model; ``fmt(example)`` formats a prompt."""
     metrics: dict = {}
     gens: dict[str, list[dict]] = {}
 
-    prompts = [format_prompt(tokenizer, ex, template) for ex in harmful]
+    prompts = [fmt(ex) for ex in harmful]
     answers = generate(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size, desc=f"{name}: harmful")
     verdicts = judge([ex.instruction for ex in harmful], answers)
     n = len(verdicts)
@@ -54,7 +53,7 @@ def evaluate_variant(model, tokenizer, template: str, judge, ecfg, harmful: list
     ]
 
     if utility:
-        prompts = [format_prompt(tokenizer, ex, template) for ex in utility]
+        prompts = [fmt(ex) for ex in utility]
         answers = generate(model, tokenizer, prompts, ecfg.utility_max_new_tokens, ecfg.batch_size, desc=f"{name}: task")
         ok = [bool(match(a, ex.label)) for ex, a in zip(utility, answers)]
         metrics.update(finetune_accuracy=_pct(sum(ok), len(ok)), finetune_accuracy_ci=_ci(sum(ok), len(ok)),
@@ -63,7 +62,7 @@ def evaluate_variant(model, tokenizer, template: str, judge, ecfg, harmful: list
                         for ex, a, c in zip(utility, answers, ok)]
 
     if benign:
-        prompts = [format_prompt(tokenizer, ex, template) for ex in benign]
+        prompts = [fmt(ex) for ex in benign]
         answers = generate(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size, desc=f"{name}: benign")
         ref = [is_refusal(a) for a in answers]
         metrics.update(over_refusal=_pct(sum(ref), len(ref)), over_refusal_ci=_ci(sum(ref), len(ref)),
