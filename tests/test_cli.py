@@ -101,3 +101,18 @@ def test_merge_new_mode_and_alpaca_template(tiny_dir, tmp_path):
     assert code == 0
     names = [r["name"] for r in json.loads((out / "metrics.json").read_text())["results"]]
     assert names == ["sft", "sft+random"]
+
+
+def test_booster_alignment_runs_and_checks_its_harmful_set(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "booster"
+    base = ["run", TINY, f"model.name_or_path={tiny_dir}", "alignment.defense=booster",
+            "alignment.harmful_batch_size=4", "alignment.harmful_data.name=pyrit_harmful",
+            "alignment.harmful_data.start=20", "alignment.harmful_data.n=8", "eval.variants=[aligned]"]
+    assert main([*base, f"output_dir={out}"]) == 0
+    assert (out / "alignment" / "adapter" / "adapter_model.safetensors").exists()
+    # the defender's set may not overlap the user's harmful rows
+    code = main([*base, "alignment.harmful_data.start=0", f"output_dir={tmp_path / 'overlap'}"])
+    assert code == 2
+    assert "alignment.harmful_data" in capsys.readouterr().err
+    assert main([*base, "alignment.lam=0", f"output_dir={tmp_path / 'lam'}"]) == 2
+    assert "alignment.lam must be > 0" in capsys.readouterr().err

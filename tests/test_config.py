@@ -55,6 +55,10 @@ def test_resolved_config_round_trips(tmp_path):
         (["finetune.runs.sft.poison_ratio=2"], r"finetune\.runs\.sft\.poison_ratio must be in \[0, 1\]"),
         (["eval.judge=gpt"], r"unknown judge 'gpt'"),
         (["post.x.from=nope"], r"post\.x\.from: 'nope' is not a fine-tuning run"),
+        (["finetune.runs.p.defense=panacea", "finetune.runs.p.rho=0"], r"finetune\.runs\.p\.rho must be > 0 for panacea"),
+        (["finetune.train.learning_rate=0"], r"finetune\.train\.learning_rate must be > 0"),
+        (["finetune.runs.sft.train.learning_rate=-1"], r"finetune\.runs\.sft\.train\.learning_rate must be > 0"),
+        (["post.r.defense=random_perturbation"], r"post\.r\.std or norm"),
     ],
 )
 def test_bad_values_name_the_key(overrides, match):

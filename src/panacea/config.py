@@ -97,13 +97,13 @@ class TrainSettings:
     logging_steps: int = 10
 
     def __post_init__(self):
-        _positive("train.num_train_epochs", self.num_train_epochs)
-        _positive("train.learning_rate", self.learning_rate)
-        _positive("train.per_device_train_batch_size", self.per_device_train_batch_size)
-        _positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
-        _choice("train.train_sampling_strategy", self.train_sampling_strategy, ("random", "sequential", "group_by_length"))
+        _positive("num_train_epochs", self.num_train_epochs)
+        _positive("learning_rate", self.learning_rate)
+        _positive("per_device_train_batch_size", self.per_device_train_batch_size)
+        _positive("gradient_accumulation_steps", self.gradient_accumulation_steps)
+        _choice("train_sampling_strategy", self.train_sampling_strategy, ("random", "sequential", "group_by_length"))
         if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be ≥ 0, got {self.weight_decay}")
+            raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -336,8 +336,9 @@ def from_dict(cls, data, key: str = ""):
         kwargs["options"] = extra
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        msg = str(e)  # a __post_init__ check: make sure it names the full dotted key
+        raise (ConfigError(f"{key}.{msg}") if key and not msg.startswith(key) else e) from None
     except TypeError as e:  # a missing required field
         raise ConfigError(f"{where}: {e}") from None
 

@@ -89,3 +89,34 @@ class Overhead(TrainerCallback):
             "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss",
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
         }
+
+
+class CyclingLoader:
+    """An auxiliary data loader (a defender's harmful set) for multi-pass trainers.
+
+    Seeded random sampler, cycled with a fresh iterator when exhausted (algorithms.md §0, rule 6);
+    its batch size is a config field, never hard-coded (rule 5).
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, collate_fn):
+        gen = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate_fn
+        )
+        self._it = iter(self.loader)
+
+    def next(self):
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+def add_auxiliary_logs(logs: dict, aux: dict) -> None:
+    """Put the mean of each auxiliary loss since the last log into ``logs`` and reset them
+    (rule 7: the task loss stays ``loss``; h(w), h(w+ε), … are logged under their own keys)."""
+    for k, v in aux.items():
+        if v:
+            logs[k] = round(sum(v) / len(v), 4)
+    aux.clear()

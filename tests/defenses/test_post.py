@@ -39,9 +39,9 @@ def test_random_perturbation_std_and_seed(tiny_lora_model):
 
 
 def test_random_perturbation_needs_one_of_std_norm():
-    with pytest.raises(ConfigError, match="exactly one of std or norm"):
+    with pytest.raises(ConfigError, match="std or norm: random_perturbation needs exactly one"):
         RandomPerturbationConfig()
-    with pytest.raises(ConfigError, match="exactly one of std or norm"):
+    with pytest.raises(ConfigError, match="std or norm: random_perturbation needs exactly one"):
         RandomPerturbationConfig(std=0.1, norm=1.0)
 
 

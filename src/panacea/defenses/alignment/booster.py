@@ -27,6 +27,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ...training import CyclingLoader, add_auxiliary_logs
 from ...weights import global_l2, perturbed
 
 
@@ -46,7 +47,7 @@ class BoosterConfig:
     def __post_init__(self):
         for k in ("lam", "alpha", "harmful_batch_size"):
             if not getattr(self, k) > 0:
-                raise ConfigError(f"alignment.{k} must be > 0 for booster, got {getattr(self, k)}")
+                raise ConfigError(f"{k} must be > 0 for booster, got {getattr(self, k)}")
 
 
 class BoosterTrainer(Trainer):
@@ -56,23 +57,14 @@ class BoosterTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.booster = booster
         self.harmful_dataset = harmful_dataset
-        self._harmful_iter = None
+        self._harmful = None
         self._aux = defaultdict(list)
 
     def _harmful_batch(self):
-        if self._harmful_iter is None:
-            g = torch.Generator().manual_seed(self.args.seed)
-            self._harmful_loader = torch.utils.data.DataLoader(
-                self.harmful_dataset, batch_size=self.booster.harmful_batch_size, shuffle=True,
-                generator=g, collate_fn=self.data_collator,
-            )
-            self._harmful_iter = iter(self._harmful_loader)
-        try:
-            batch = next(self._harmful_iter)
-        except StopIteration:
-            self._harmful_iter = iter(self._harmful_loader)
-            batch = next(self._harmful_iter)
-        return self._prepare_inputs(batch)
+        if self._harmful is None:
+            self._harmful = CyclingLoader(self.harmful_dataset, self.booster.harmful_batch_size,
+                                          self.args.seed, self.data_collator)
+        return self._prepare_inputs(self._harmful.next())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         cfg = self.booster
@@ -112,10 +104,7 @@ class BoosterTrainer(Trainer):
         return loss_f.detach() * f_scale
 
     def log(self, logs, *args, **kwargs):
-        for k, v in self._aux.items():
-            if v:
-                logs[k] = round(sum(v) / len(v), 4)
-        self._aux.clear()
+        add_auxiliary_logs(logs, self._aux)
         super().log(logs, *args, **kwargs)
 
 

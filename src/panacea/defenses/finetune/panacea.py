@@ -36,6 +36,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ...training import CyclingLoader, add_auxiliary_logs
 from ...weights import global_l2, perturbed
 
 
@@ -66,13 +67,13 @@ class PanaceaConfig:
     def __post_init__(self):
         for k in ("rho", "harmful_loss_clamp", "harmful_batch_size"):
             if not getattr(self, k) > 0:
-                raise ConfigError(f"{k} must be > 0, got {getattr(self, k)} (panacea)")
+                raise ConfigError(f"{k} must be > 0 for panacea, got {getattr(self, k)}")
         if self.lam < 0:
-            raise ConfigError(f"lam must be ≥ 0, got {self.lam} (panacea)")
+            raise ConfigError(f"lam must be ≥ 0 for panacea, got {self.lam}")
         if self.final_epsilon not in ("last", "mean_last_k"):
-            raise ConfigError(f"final_epsilon must be last or mean_last_k, got {self.final_epsilon!r}")
+            raise ConfigError(f"final_epsilon must be last or mean_last_k for panacea, got {self.final_epsilon!r}")
         if self.mean_last_k < 1:
-            raise ConfigError(f"mean_last_k must be ≥ 1, got {self.mean_last_k}")
+            raise ConfigError(f"mean_last_k must be ≥ 1 for panacea, got {self.mean_last_k}")
 
 
 class PanaceaTrainer(Trainer):
@@ -82,7 +83,7 @@ class PanaceaTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.panacea = panacea
         self.harmful_dataset = harmful_dataset
-        self._harmful_iter = None
+        self._harmful = None
         self.epsilon: list[torch.Tensor] | None = None  # ε of the latest step (fp32 copies)
         self._recent: list[list[torch.Tensor]] = []
         self._aux = defaultdict(list)
@@ -91,22 +92,10 @@ class PanaceaTrainer(Trainer):
 
     # -- defender harmful batches: seeded sampler, cycled with a fresh iterator when exhausted
     def _harmful_batch(self):
-        if self._harmful_iter is None:
-            g = torch.Generator().manual_seed(self.args.seed)
-            self._harmful_loader = torch.utils.data.DataLoader(
-                self.harmful_dataset,
-                batch_size=self.panacea.harmful_batch_size,
-                shuffle=True,
-                generator=g,
-                collate_fn=self.data_collator,
-            )
-            self._harmful_iter = iter(self._harmful_loader)
-        try:
-            batch = next(self._harmful_iter)
-        except StopIteration:
-            self._harmful_iter = iter(self._harmful_loader)
-            batch = next(self._harmful_iter)
-        return self._prepare_inputs(batch)
+        if self._harmful is None:
+            self._harmful = CyclingLoader(self.harmful_dataset, self.panacea.harmful_batch_size,
+                                          self.args.seed, self.data_collator)
+        return self._prepare_inputs(self._harmful.next())
 
     def _params(self, model):
         return [p for p in model.parameters() if p.requires_grad]
@@ -161,10 +150,7 @@ class PanaceaTrainer(Trainer):
         return loss_g.detach() * g_scale
 
     def log(self, logs, *args, **kwargs):
-        for k, v in self._aux.items():
-            if v:
-                logs[k] = round(sum(v) / len(v), 4)
-        self._aux.clear()
+        add_auxiliary_logs(logs, self._aux)
         super().log(logs, *args, **kwargs)
 
     def final_epsilon(self) -> list[torch.Tensor]:

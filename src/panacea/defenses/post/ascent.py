@@ -32,9 +32,9 @@ class AscentConfig:
 
     def __post_init__(self):
         if not self.rho > 0:
-            raise ConfigError(f"ascent rho must be > 0, got {self.rho}")
+            raise ConfigError(f"rho must be > 0 for ascent, got {self.rho}")
         if not self.batch_size > 0:
-            raise ConfigError(f"ascent batch_size must be > 0, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be > 0 for ascent, got {self.batch_size}")
 
 
 def harmful_gradient(model, dataset, collator, batch_size: int) -> list[torch.Tensor]:

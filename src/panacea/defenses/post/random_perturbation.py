@@ -32,13 +32,13 @@ class RandomPerturbationConfig:
 
     def __post_init__(self):
         if (self.std is None) == (self.norm is None):
-            raise ConfigError("random_perturbation needs exactly one of std or norm")
+            raise ConfigError("std or norm: random_perturbation needs exactly one of them")
         for k in ("std", "norm"):
             v = getattr(self, k)
             if v is not None and v < 0:
-                raise ConfigError(f"random_perturbation {k} must be ≥ 0, got {v}")
+                raise ConfigError(f"{k} must be ≥ 0 for random_perturbation, got {v}")
         if self.scope != "trainable":
-            raise ConfigError(f"random_perturbation scope must be trainable, got {self.scope!r}")
+            raise ConfigError(f"scope must be trainable for random_perturbation, got {self.scope!r}")
 
 
 class RandomPerturbation:
