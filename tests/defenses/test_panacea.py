@@ -128,3 +128,43 @@ def test_gradient_accumulation_adds_micro_batches(tiny_lora_model, tiny_tokenize
         tr.training_step(model, m, num_items_in_batch=torch.tensor(total))
     for n, p in trainable(model).items():
         torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-7)
+
+
+def test_perturb_every_recomputes_epsilon_only_every_k_steps(tiny_lora_model, tiny_tokenizer, tmp_path):
+    """perturb_every = 3: optimizer steps 0 and 3 write the Panacea gradient (checked against the
+    autograd reference) and compute ε; steps 1 and 2 write plain ∇g and keep ε (no harmful batch)."""
+    model, tok = tiny_lora_model, tiny_tokenizer
+    tr, ctx = make(model, tok, tmp_path, rho=0.7, lam=0.5, harmful_loss_clamp=100.0, perturb_every=3)
+    user, harm = batches(tr, ctx, tok)
+    kept = None
+    for step in range(4):
+        tr.state.global_step = step
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in trainable(model).items()}
+        if step % 3 == 0:
+            G_ref, eps_ref = reference(model, user, harm, 0.7, 0.5, 100.0)
+        else:
+            G_ref = dict(zip(params, torch.autograd.grad(loss_at(model, params, user), list(params.values()))))
+        drawn = tr._harmful.state_dict()["taken"] if tr._harmful is not None else None
+        model.zero_grad(set_to_none=True)
+        tr.training_step(model, user)
+        for n, p in trainable(model).items():
+            torch.testing.assert_close(p.grad, G_ref[n], rtol=1e-4, atol=1e-7)
+        if step % 3 == 0:
+            for e, r in zip(tr.epsilon, eps_ref.values()):
+                torch.testing.assert_close(e, r, rtol=1e-4, atol=1e-8)
+            kept = [e.clone() for e in tr.epsilon]
+        else:  # ε and the defender's loader untouched
+            assert all(torch.equal(a, b) for a, b in zip(tr.epsilon, kept))
+            assert tr._harmful.state_dict()["taken"] == drawn
+        with torch.no_grad():  # move the weights so that each step's reference differs
+            for p in trainable(model).values():
+                p.sub_(0.05 * p.grad)
+    assert tr.stats["micro_steps"] == 4 and tr.stats["epsilon_steps"] == 2
+
+
+def test_perturb_every_must_be_a_positive_integer():
+    from panacea.errors import ConfigError
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="perturb_every"):
+            PanaceaConfig(perturb_every=bad)

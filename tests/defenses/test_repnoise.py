@@ -70,8 +70,9 @@ def mmd_ref(x, y):
     return K[:m, :m].mean() + K[m:, m:].mean() - 2 * K[:m, m:].mean()
 
 
-def reference(model, align, harm, alpha, beta, noise_seed):
-    """(G, parts) for L above, by plain autograd."""
+def reference(model, align, harm, alpha, beta, noise_seed, lens_tokens=None):
+    """(G, parts) for L above, by plain autograd. ``lens_tokens``: the logit-lens terms over a
+    uniform subset of that many answer positions, drawn first from the step's generator."""
     params = {n: p.detach().clone().requires_grad_(True) for n, p in trainable(model).items()}
     inner = model.base_model.model
     mlps = [layer.mlp for layer in inner.model.layers]
@@ -90,11 +91,17 @@ def reference(model, align, harm, alpha, beta, noise_seed):
 
     hs = out.hidden_states
     assert len(hs) == len(mlps) + 1
-    lens = [ce(inner.lm_head(inner.model.norm(h))) for h in hs[:-1]]
+    gen = torch.Generator().manual_seed(noise_seed)
+    if lens_tokens is None:
+        lens = [ce(inner.lm_head(inner.model.norm(h))) for h in hs[:-1]]
+    else:  # answer positions t (predicting labels[t + 1]) in row-major order, then a subset
+        pos = (labels[:, 1:] != -100).nonzero()
+        pos = pos[torch.randperm(len(pos), generator=gen)[:lens_tokens]]
+        tgt = labels[pos[:, 0], pos[:, 1] + 1]
+        lens = [F.cross_entropy(inner.lm_head(inner.model.norm(h[pos[:, 0], pos[:, 1]])), tgt) for h in hs[:-1]]
     terms = [ce(out.logits), *lens, ce(inner.lm_head(hs[-1]))]  # hs[-1] is not normed again
     T = sum(terms) / len(terms)
     mask = (labels != -100) & harm["attention_mask"].bool()
-    gen = torch.Generator().manual_seed(noise_seed)
     mmds = []
     for a in acts:
         x = a[mask]
@@ -271,3 +278,24 @@ def test_non_positive_options_are_rejected(key, value):
 def test_defaults():
     cfg = RepNoiseConfig()
     assert (cfg.alpha, cfg.beta, cfg.harmful_batch_size) == (0.1, 0.001, None)  # git-disl/Booster repNoise.sh
+
+
+def test_lens_tokens_subset_matches_autograd(model, tiny_tokenizer, tmp_path):
+    """lens_tokens = 3: the layer terms of T use a seeded subset of 3 answer positions (checked
+    against the reference drawing the same subset); the result differs from the full lens."""
+    tok = tiny_tokenizer
+    align, harm = collate(tok, USER), collate(tok, HARM)
+    assert n_tokens(harm) > 3
+    tr = make(model, tok, tmp_path, seed=2, alpha=0.5, beta=1.0, lens_tokens=3)
+    tr.state.global_step = 4
+    tr._harmful_batch = lambda: harm  # the subset indexes the batch's rows in this order
+    G_ref, parts = reference(model, align, harm, 0.5, 1.0, 1_000_003 * 2 + 4, lens_tokens=3)
+    model.zero_grad(set_to_none=True)
+    tr.training_step(model, align)
+    assert tr._aux["harmful_loss_layers_mean"] == [pytest.approx(parts["T"], rel=1e-5)]
+    for n, p in trainable(model).items():
+        torch.testing.assert_close(p.grad, G_ref[n], rtol=1e-4, atol=1e-7)
+    _, full = reference(model, align, harm, 0.5, 1.0, 1_000_003 * 2 + 4)
+    assert abs(full["T"] - parts["T"]) > 1e-4
+    with pytest.raises(ConfigError, match="lens_tokens"):
+        RepNoiseConfig(lens_tokens=0)

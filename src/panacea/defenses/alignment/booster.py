@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 from transformers import Trainer
 
 from ...data.base import DataSpec
@@ -83,17 +84,18 @@ class BoosterTrainer(Trainer):
         # every process (algorithms.md §0, rule 2); on one process these are plain autograd.grad
         hb = self._harmful_batch()
         share = token_share(hb)  # 1.0 on one process
-        with self.compute_loss_context_manager():
-            loss_h = model(**hb).loss
-        h_w = process_mean(loss_h, share)
-        check_finite(self, "h(w)", h_w)
-        grad_h = process_gradients(loss_h * share, params, model)
+        with record_function("booster/harmful_pass"):
+            with self.compute_loss_context_manager():
+                loss_h = model(**hb).loss
+            h_w = process_mean(loss_h, share)
+            check_finite(self, "h(w)", h_w)
+            grad_h = process_gradients(loss_h * share, params, model)
         norm_h = global_l2(grad_h)
         check_finite(self, "‖∇h(w)‖", norm_h)
         step = cfg.alpha / (norm_h + 1e-7)
 
         # pass 2: the same harmful batch after one simulated normalised harmful step
-        with perturbed(params, [-step * g.float() for g in grad_h]):
+        with record_function("booster/stepped_pass"), perturbed(params, [-step * g.float() for g in grad_h]):
             with self.compute_loss_context_manager():
                 loss_hs = model(**hb).loss
             h_step = process_mean(loss_hs, share)
@@ -101,12 +103,13 @@ class BoosterTrainer(Trainer):
             grad_hs = process_gradients(loss_hs * share, params, model)
 
         # pass 3: the alignment loss f(w) (token-weighted across micro-batches as the Trainer does)
-        with self.compute_loss_context_manager():
-            loss_f = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        check_finite(self, "f(w)", process_mean(loss_f))
+        with record_function("booster/alignment_pass"):
+            with self.compute_loss_context_manager():
+                loss_f = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            check_finite(self, "f(w)", process_mean(loss_f))
+            grad_f = process_gradients(loss_f, params, model)
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
         f_scale = 1.0 if scaled else 1.0 / ga
-        grad_f = process_gradients(loss_f, params, model)
 
         with torch.no_grad():
             for p, a, b, c in zip(params, grad_f, grad_h, grad_hs):

@@ -85,12 +85,21 @@ class RepNoiseConfig:
     harmful_data: DataSpec = field(default_factory=lambda: DataSpec(name="pyrit_harmful", start=100, n=100))
     """The defender's harmful (prompt, harmful answer) set; disjoint from the evaluation prompts.
     git-disl/Booster: 5000 BeaverTails harmful rows; w-yibo/Panacea: 1000."""
+    lens_tokens: int | None = None
+    """Answer tokens decoded by the logit lens (the L layer terms of T) per step; ``None`` = every
+    answer token, as the reference. The lens costs L full-vocabulary projections per token (on
+    SmolLM2-135M: 30 × 49k, most of a RepNoise step on a CPU); a seeded uniform subset of this many
+    tokens is an unbiased estimate of each layer's mean CE at ``lens_tokens``/N of that cost.
+    The model's own CE(logits) terms always use every token. Beyond the reference: a CPU knob."""
 
     def __post_init__(self):
         for k in ("alpha", "beta", "harmful_batch_size"):
             v = getattr(self, k)
             if v is not None and not v > 0:
                 raise ConfigError(f"{k} must be > 0 for repnoise, got {v}")
+        if self.lens_tokens is not None and (isinstance(self.lens_tokens, bool) or not isinstance(self.lens_tokens, int)
+                                             or self.lens_tokens < 1):
+            raise ConfigError(f"lens_tokens must be an integer ≥ 1 or null for repnoise, got {self.lens_tokens!r}")
 
 
 def _mmd(x: torch.Tensor, y: torch.Tensor, n_kernels: int = 5, mul: float = 2.0) -> torch.Tensor:
@@ -158,17 +167,24 @@ class RepNoiseTrainer(Trainer):
         if targets.numel() == 0:
             raise RuntimeError("repnoise: the harmful batch has no answer tokens (truncated? raise model.max_length)")
 
-        ce_logits = out.loss  # the model's own CE (ignore_index = −100) on its real logits
-        terms = [ce_logits]
-        for h in hs[:-1]:  # logit lens on embeddings and layers 1…L−1 (not yet normed)
-            lens = head(norm(h[:, :-1][target_pos])).float()
-            terms.append(F.cross_entropy(lens, targets.to(lens.device)).to(ce_logits.device))
-        terms.append(ce_logits)  # i = L: hs[-1] is already final-normed, so lm_head(hs[-1]) = logits
-        ce_mean = sum(terms) / len(terms)  # L + 2 terms
-
-        # one generator per optimizer step: the micro-steps of a step share the noise
+        # one generator per optimizer step: the micro-steps of a step share the noise (and the
+        # lens_tokens subset)
         seed = 1_000_003 * self.args.seed + self.state.global_step
         gen = torch.Generator(device=acts[0].device).manual_seed(seed)
+
+        ce_logits = out.loss  # the model's own CE (ignore_index = −100) on its real logits
+        lens_targets, pick = targets, None
+        if cfg.lens_tokens is not None and targets.numel() > cfg.lens_tokens:
+            pick = torch.randperm(targets.numel(), generator=gen, device=gen.device)[: cfg.lens_tokens]
+            pick = pick.to(targets.device)
+            lens_targets = targets[pick]
+        terms = [ce_logits]
+        for h in hs[:-1]:  # logit lens on embeddings and layers 1…L−1 (not yet normed)
+            x = h[:, :-1][target_pos]
+            lens = head(norm(x if pick is None else x[pick])).float()
+            terms.append(F.cross_entropy(lens, lens_targets.to(lens.device)).to(ce_logits.device))
+        terms.append(ce_logits)  # i = L: hs[-1] is already final-normed, so lm_head(hs[-1]) = logits
+        ce_mean = sum(terms) / len(terms)  # L + 2 terms
         mmd = 0.0
         for a in acts:
             x = a[answer].float()  # one sample per answer token

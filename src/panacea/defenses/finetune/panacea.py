@@ -8,7 +8,9 @@
 
 g is the user's (possibly poisoned) loss, h the harmful loss on the defender's own harmful set,
 ‖·‖ the global ℓ2 norm over every trainable tensor. Three forward and three backward passes per
-step (user batch at w, harmful batch at w, the same harmful batch at w+ε). The paper calls Panacea
+step (user batch at w, harmful batch at w, the same harmful batch at w+ε); with
+``perturb_every: k`` (beyond the paper) only every k-th optimizer step does all three, the others
+are plain SFT steps on g. The passes carry ``torch.profiler`` labels ``panacea/…``. The paper calls Panacea
 a post-fine-tuning defense because ε is *applied* after training; it is *optimised* here, during
 the user's fine-tuning, so this file lives in ``defenses/finetune``. The post stage of a Panacea
 run stays ``none`` and ε is added exactly once (``train()`` below).
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.profiler import record_function
 from transformers import Trainer
 
 from ...data.base import DataSpec
@@ -67,6 +70,11 @@ class PanaceaConfig:
     ``mean_last_k`` steps' ε rescaled to norm ρ; an option beyond the paper)."""
     mean_last_k: int = 10
     """Steps averaged when ``final_epsilon: mean_last_k``."""
+    perturb_every: int = 1
+    """k: recompute ε every k optimizer steps (k = 1 is the paper: every step). On the other steps
+    the update is plain SFT on g (one forward and one backward pass) and ε keeps its last value,
+    so a step costs on average (3 + (k − 1))/k SFT steps. Beyond the paper, for providers who pay
+    per GPU hour; its HS/FA cost is measured by ``panacea bench`` (``bench.ablations``)."""
     apply_epsilon: bool = True
     """Add ε to the weights after training (the paper's output model)."""
     save_epsilon: bool = True
@@ -80,6 +88,8 @@ class PanaceaConfig:
             raise ConfigError(f"lam must be ≥ 0 for panacea, got {self.lam}")
         if self.final_epsilon not in ("last", "mean_last_k"):
             raise ConfigError(f"final_epsilon must be last or mean_last_k for panacea, got {self.final_epsilon!r}")
+        if isinstance(self.perturb_every, bool) or not isinstance(self.perturb_every, int) or self.perturb_every < 1:
+            raise ConfigError(f"perturb_every must be an integer ≥ 1 for panacea, got {self.perturb_every!r}")
         if self.mean_last_k < 1:
             raise ConfigError(f"mean_last_k must be ≥ 1 for panacea, got {self.mean_last_k}")
 
@@ -95,7 +105,7 @@ class PanaceaTrainer(Trainer):
         self.epsilon: list[torch.Tensor] | None = None  # ε of the latest step (fp32 copies)
         self._recent: list[list[torch.Tensor]] = []
         self._aux = defaultdict(list)
-        self.stats = {"steps": 0, "clamp_active_steps": 0}
+        self.stats = {"micro_steps": 0, "epsilon_steps": 0, "clamp_active_steps": 0}
         self.epsilon_applied = False
         require_gradient_access(self, "panacea")
 
@@ -119,28 +129,40 @@ class PanaceaTrainer(Trainer):
         # batches), so ε and the clamp decision are the same on every process (algorithms.md §0,
         # rule 2); on one process these are plain autograd.grad calls.
         # pass 1: user loss g(w) (token-weighted across micro-batches exactly as the Trainer does)
-        with self.compute_loss_context_manager():
+        with record_function("panacea/user_pass"), self.compute_loss_context_manager():
             loss_g = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         check_finite(self, "g(w)", process_mean(loss_g))
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
         g_scale = 1.0 if scaled else 1.0 / ga
-        grad_g = process_gradients(loss_g, params, model)
+        with record_function("panacea/user_backward"):
+            grad_g = process_gradients(loss_g, params, model)
+        self.stats["micro_steps"] += 1
+
+        # perturb_every = k: ε is recomputed on optimizer steps 0, k, 2k, … (every micro-batch of
+        # such a step); the other steps are plain SFT and keep the last ε
+        if self.state.global_step % cfg.perturb_every != 0:
+            with torch.no_grad():
+                for p, a in zip(params, grad_g):
+                    G = (a * g_scale).to(p.dtype)
+                    p.grad = G if p.grad is None else p.grad + G
+            return loss_g.detach() * g_scale
 
         # pass 2: harmful loss h(w) on the defender's batch, and ε = ρ ∇h / ‖∇h‖
         hb = self._harmful_batch()
         share = token_share(hb)  # 1.0 on one process
-        with self.compute_loss_context_manager():
-            loss_h = model(**hb).loss
-        h_w = process_mean(loss_h, share)
-        check_finite(self, "h(w)", h_w)
-        grad_h = process_gradients(loss_h * share, params, model)
+        with record_function("panacea/harmful_pass"):
+            with self.compute_loss_context_manager():
+                loss_h = model(**hb).loss
+            h_w = process_mean(loss_h, share)
+            check_finite(self, "h(w)", h_w)
+            grad_h = process_gradients(loss_h * share, params, model)
         norm_h = global_l2(grad_h)
         check_finite(self, "‖∇h(w)‖", norm_h)
         scale = cfg.rho / (norm_h + 1e-7)
         eps = [(scale * t.float()).detach() for t in grad_h]  # owned copies, never .grad aliases
 
         # pass 3: the same harmful batch at w + ε, clamped at c (zero gradient when clamped)
-        with perturbed(params, eps):
+        with record_function("panacea/perturbed_pass"), perturbed(params, eps):
             with self.compute_loss_context_manager():
                 loss_hp = model(**hb).loss
             h_eps = process_mean(loss_hp, share)  # h(w+ε) of the whole (global) harmful batch
@@ -159,7 +181,7 @@ class PanaceaTrainer(Trainer):
         self.epsilon = eps
         if cfg.final_epsilon == "mean_last_k":
             self._recent = (self._recent + [eps])[-cfg.mean_last_k :]
-        self.stats["steps"] += 1
+        self.stats["epsilon_steps"] += 1
         self.stats["clamp_active_steps"] += int(clamped)
         self._aux["harmful_loss"].append(h_w.item())
         self._aux["harmful_loss_perturbed"].append(h_eps.item())
@@ -181,7 +203,7 @@ class PanaceaTrainer(Trainer):
         if state["epsilon"] is not None:
             self.epsilon = [e.to(p.device) for e, p in zip(state["epsilon"], params)]
         self._recent = [[e.to(p.device) for e, p in zip(eps, params)] for eps in state["recent"]]
-        self.stats = dict(state["stats"])
+        self.stats.update(state["stats"])
         if state["harmful"] is not None:
             self._harmful_batch()  # builds the loader; the position is restored next
             self._harmful.load_state_dict(state["harmful"])
@@ -216,7 +238,8 @@ class PanaceaTrainer(Trainer):
 
     def stage_record(self) -> dict:
         s = dict(self.stats)
-        s["clamp_active_fraction"] = round(s["clamp_active_steps"] / max(1, s["steps"]), 4)
+        # of the micro-steps that computed ε (all of them when perturb_every = 1)
+        s["clamp_active_fraction"] = round(s["clamp_active_steps"] / max(1, s["epsilon_steps"]), 4)
         return s
 
 
