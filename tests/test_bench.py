@@ -34,6 +34,9 @@ def bench_yaml(tmp_path) -> Path:
         },
         "generation_prompts": 4,
         "quick": ["eval.max_new_tokens=4"],
+        "quick_ablations": {"panacea": {"perturb_every": [2], "rho": [0.5, 2.0]}, "ascent": {"rho": [0.5]}},
+        "quick_scaling": {"methods": ["sft", "panacea"], "seq_lengths": [16, 24], "ranks": [2], "steps": 1, "warmup": 0},
+        "profile": "always",
     }
     p = tmp_path / "bench.yaml"
     p.write_text(yaml.safe_dump(raw))
@@ -91,7 +94,44 @@ def test_bench_cli_end_to_end(tiny_dir, tmp_path, capsys):
     assert res["safety_coefficients"][0]["stage"] == "panacea"
     for f in ("report.md", "hs_vs_fa.png", "overhead.png", "safety_coefficients_panacea.png"):
         assert (out / f).stat().st_size > 100, f
+    # ablations: one run per value, the main row as base, clamp activity and findings in the report
+    abl = {(a["method"], a["option"], a["base"]): a for a in res["ablations"]}
+    assert abl[("panacea", "perturb_every", True)]["value"] == 1
+    assert abl[("panacea", "perturb_every", False)]["variant"] == "panacea@perturb_every-2"
+    assert abl[("panacea", "perturb_every", False)]["epsilon_steps"] < abl[("panacea", "perturb_every", True)]["epsilon_steps"]
+    assert {a["variant"] for a in res["ablations"] if a["option"] == "rho"} >= {"panacea@rho-0p5", "panacea@rho-2p0",
+                                                                                "sft+ascent@rho-0p5"}
+    assert all(0 <= a["clamp_active_fraction"] <= 1 for a in res["ablations"] if a["method"] == "panacea")
+    text = (out / "report.md").read_text()
+    assert "perturb_every 2 (vs 1)" in text and "ρ sweep" in text and "at the same ρ" in text and "Clamp" in text
+    assert {(p["method"], p["seq_length"]) for p in res["scaling"]["points"]} == {(m, L) for m in ("sft", "panacea") for L in (16, 24)}
+    assert "## Scaling" in text and (out / "scaling.png").stat().st_size > 100
+    assert {p["method"] for p in res["profiles"]} >= {"panacea", "booster", "sft"} and "Where the time goes" in text
     (out / "hs_vs_fa.png").unlink()
     assert main(["plot", str(out / "results.json")]) == 0 and (out / "hs_vs_fa.png").exists()
     assert main(["bench", str(cfg), f"model.name_or_path={tiny_dir}", "--out", str(out)]) == 2
     assert "already holds bench results" in capsys.readouterr().err
+
+
+def test_bench_section_is_validated_before_anything_runs(tmp_path):
+    from panacea.errors import ConfigError
+
+    base = yaml.safe_load(bench_yaml(tmp_path).read_text())
+    for bench_key, value, match in [
+        ("ablations", {"nope": {"rho": [1]}}, "bench.ablations.nope: not a defense"),
+        ("ablations", {"panacea": {"rho": 1.0}}, "bench.ablations.panacea.rho must be a non-empty list"),
+        ("ablations", {"panacea": {"perturb_every": [0]}}, "perturb_every"),
+        ("scaling", {"methods": ["sft"], "seq_lengths": [0]}, "bench.scaling.seq_lengths"),
+        ("scaling", {"methods": ["nope"]}, "bench.scaling.methods"),
+        ("profile", "sometimes", "bench.profile"),
+        ("typo", 1, "bench.typo: unknown key"),
+    ]:
+        raw = {**base, "bench": {**base["bench"], bench_key: value}}
+        with pytest.raises(ConfigError, match=match):
+            build(raw)
+
+
+def test_bench_overrides_edit_the_bench_section(tmp_path):
+    raw = yaml.safe_load(bench_yaml(tmp_path).read_text())
+    _, bench, methods = build(raw, quick=True, overrides=["bench.exclude=[vaccine,lisa]", "bench.quick_ablations=null"])
+    assert not {"vaccine", "lisa"} & {m["method"] for m in methods} and bench["_ablations"] == []

@@ -13,7 +13,18 @@ automatically:
 
 Per-defense options come from the YAML's ``bench.defense_options.<defense>`` (e.g. Panacea's ρ,
 the random perturbation's norm); ``bench.exclude`` drops defenses; ``bench.quick`` is a list of
-``key=value`` overrides that ``--quick`` applies (the quick profile lives in the YAML, not here).
+``key=value`` overrides that ``--quick`` applies (the quick profile lives in the YAML, not here),
+and ``bench.quick_ablations`` / ``bench.quick_scaling`` replace the two sections below under it.
+
+Beyond the comparison, in the same run:
+
+* ``bench.ablations``: ``{defense: {option: [values]}}``, extra runs that change one option at a
+  time (Panacea's ``perturb_every``, λ, ρ, ``final_epsilon``; ascent's ρ), reported with HS/FA/OR,
+  time, and Panacea's clamp activity, plus the findings the report states from them (time saved
+  by ``perturb_every``, the ρ where over-refusal passes 20 %, Panacea vs ascent at the same ρ);
+* ``bench.scaling``: step time and memory vs sequence length and LoRA rank (``panacea.scaling``);
+* ``bench.profile``: ``auto`` (default: a ``torch.profiler`` table of a step of every method that
+  misses a target, and of the SFT step it is compared with), ``always`` or ``never``.
 
 Outputs in ``--out`` (default ``bench_results/``):
 
@@ -21,8 +32,10 @@ Outputs in ``--out`` (default ``bench_results/``):
   ``finetune_accuracy``, ``over_refusal``, ``step_seconds``, ``step_time_ratio`` and
   ``peak_memory_ratio`` relative to SFT of the same stage in the same run, or ``apply_seconds``
   for one-shot post defenses), ``generation_speedup`` (batched vs one-prompt-at-a-time greedy
-  generation, same answers), ``safety_coefficients`` (Panacea's ε per layer), ``targets``;
-* ``report.md`` and PNG plots (HS vs FA, overhead bars, safety coefficients);
+  generation, same answers), ``safety_coefficients`` (Panacea's ε per layer), ``targets``,
+  ``ablations``, ``findings``, ``scaling``, ``profiles``;
+* ``report.md`` and PNG plots (HS vs FA with the ablation points, overhead bars, scaling, safety
+  coefficients);
 * ``run/``: the underlying pipeline run directory (adapters, generations, metrics.json).
 
 ``panacea plot RESULTS.json`` redraws the plots from the JSON alone.
@@ -38,6 +51,10 @@ from pathlib import Path
 from .config import ExperimentConfig, apply_overrides, from_dict, read_yaml
 from .errors import ConfigError, UserError
 from .registry import DEFENSES, load_builtins
+
+#: keys of a YAML's ``bench:`` section
+BENCH_KEYS = {"defense_options", "exclude", "quick", "generation_prompts", "ablations", "quick_ablations",
+              "scaling", "quick_scaling", "profile"}
 
 #: performance targets of the issue: Panacea and Booster ≤ 3.3× SFT step time (three passes: 3× is
 #: the algorithm's floor), ≤ 1.2× SFT peak memory; batched generation ≥ 5× one-at-a-time.
@@ -59,14 +76,20 @@ def build(raw: dict, quick: bool = False, overrides: list[str] = ()) -> tuple[Ex
     """(experiment config, bench section, method table skeleton) from a bench YAML mapping."""
     load_builtins()
     raw = copy.deepcopy(raw)
+    # ``bench.<key>=value`` overrides edit the bench section (e.g. ``bench.exclude=[vaccine]``)
+    raw = apply_overrides(raw, [o for o in overrides if o.startswith("bench.")])
+    overrides = [o for o in overrides if not o.startswith("bench.")]
     bench = raw.pop("bench", None) or {}
     if not isinstance(bench, dict):
         raise ConfigError("bench must be a mapping")
-    unknown = set(bench) - {"defense_options", "exclude", "quick", "generation_prompts"}
+    unknown = set(bench) - BENCH_KEYS
     if unknown:
-        raise ConfigError(f"bench.{sorted(unknown)[0]}: unknown key (known: defense_options, exclude, quick, generation_prompts)")
+        raise ConfigError(f"bench.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(BENCH_KEYS))})")
     if quick:
         raw = apply_overrides(raw, list(bench.get("quick") or []))
+        for key in ("ablations", "scaling"):  # bench.quick_<key> replaces bench.<key> under --quick
+            if f"quick_{key}" in bench:
+                bench[key] = bench[f"quick_{key}"]
     raw = apply_overrides(raw, list(overrides))
     exclude = set(bench.get("exclude") or [])
     base = from_dict(ExperimentConfig, raw)  # validates the base before generating anything
@@ -97,10 +120,12 @@ def build(raw: dict, quick: bool = False, overrides: list[str] = ()) -> tuple[Ex
         posts[f"{src}+{e.name}"] = {"from": src, "defense": e.name, **_options(bench, e.name)}
         methods.append({"method": e.name, "stage": "post", "variant": f"{src}+{e.name}", "defense": e.name,
                         "source": src})
+    ablations = _ablations(bench, methods, align["variants"], runs, posts)
     raw.setdefault("finetune", {})["runs"] = runs
     raw["post"] = posts
-    # evaluated: the aligned model and each method's row (not the intermediate aligned variants)
-    raw.setdefault("eval", {})["variants"] = ["aligned"] + [m["variant"] for m in methods]
+    # evaluated: the aligned model, each method's row and each ablation (not the intermediate
+    # aligned variants)
+    raw.setdefault("eval", {})["variants"] = ["aligned"] + [m["variant"] for m in methods] + [a["variant"] for a in ablations]
     raw["name"] = base.name
     from .pipeline import Plan
 
@@ -108,8 +133,55 @@ def build(raw: dict, quick: bool = False, overrides: list[str] = ()) -> tuple[Ex
         cfg = from_dict(ExperimentConfig, raw)
         Plan(cfg)  # every defense's options parse
     except ConfigError as e:
-        raise ConfigError(f"{e} (per-defense options go under bench.defense_options.<defense>)") from None
+        raise ConfigError(f"{e} (per-defense options go under bench.defense_options.<defense>"
+                          f" and bench.ablations.<defense>)") from None
+    bench["_ablations"] = ablations
+    _scaling_spec(bench.get("scaling"), {m["method"]: m for m in methods})  # fails now, not after the run
+    if bench.get("profile", "auto") not in ("auto", "always", "never"):
+        raise ConfigError(f"bench.profile must be auto, always or never, got {bench.get('profile')!r}")
     return cfg, bench, methods
+
+
+def _slug(value) -> str:
+    text = str(value).lower().replace(".", "p")
+    return "".join(c if c.isalnum() or c in "_+-" else "_" for c in text)
+
+
+def _ablations(bench: dict, methods: list[dict], variants: dict, runs: dict, posts: dict) -> list[dict]:
+    """Extra runs of ``bench.ablations``: ``{defense: {option: [values]}}``, one option changed at
+    a time from the defense's bench options, same data and budget. A fine-tuning defense gets a
+    run from ``aligned``, a post defense repairs the same source as its main row, an alignment
+    defense is aligned again and attacked by the same ``sft``. Names: ``<defense>@<option>-<value>``."""
+    spec = bench.get("ablations") or {}
+    if not isinstance(spec, dict):
+        raise ConfigError("bench.ablations must be a mapping {defense: {option: [values]}}")
+    by_method = {m["method"]: m for m in methods}
+    out = []
+    for name, options in spec.items():
+        if name not in by_method:
+            raise ConfigError(f"bench.ablations.{name}: not a defense in this bench; choices: {', '.join(by_method)}")
+        if not isinstance(options, dict) or not options:
+            raise ConfigError(f"bench.ablations.{name} must map options to lists of values")
+        m = by_method[name]
+        base = _options(bench, name)
+        for key, values in options.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"bench.ablations.{name}.{key} must be a non-empty list of values")
+            for v in values:
+                opts = {**base, key: v}
+                variant = f"{name}@{key}-{_slug(v)}"
+                if m["stage"] == "finetune":
+                    runs[variant] = {"defense": name, **opts}
+                elif m["stage"] == "post":
+                    variant = f"{m['source']}+{variant}"
+                    posts[variant] = {"from": m["source"], "defense": name, **opts}
+                else:
+                    variants[variant] = {"defense": name, **opts}
+                    runs[f"{variant}+sft"] = {"defense": "sft", "alignment": variant}
+                    variant = f"{variant}+sft"
+                out.append({"method": name, "stage": m["stage"], "option": key, "value": v, "variant": variant,
+                            "record": variant if m["stage"] != "alignment" else variant[: -len("+sft")]})
+    return out
 
 
 # --------------------------------------------------------------------------- time estimate
@@ -213,6 +285,125 @@ def collect(metrics: dict, methods: list[dict]) -> list[dict]:
     return rows
 
 
+def _base_value(bench: dict, m: dict, key: str):
+    """The option's value in the method's main row: its bench option, else the Config default."""
+    import dataclasses
+
+    opts = _options(bench, m["method"])
+    if key in opts:
+        return opts[key]
+    cls = DEFENSES[m["stage"]].get(m["method"]).obj.Config
+    for f in dataclasses.fields(cls):
+        if f.name == key:
+            return None if f.default is dataclasses.MISSING else f.default
+    return None
+
+
+#: per-stage record fields an ablation row carries (Panacea's clamp activity and ε steps among them)
+_RECORD_KEYS = ("train_seconds", "steps", "epsilon_steps", "clamp_active_fraction", "epsilon_norm", "apply_seconds")
+
+
+def collect_ablations(metrics: dict, ablations: list[dict], rows: list[dict], bench: dict) -> list[dict]:
+    """One row per ablation run plus, per (defense, option), the main row as the ``base`` point;
+    overhead as ``collect`` (step time and memory vs SFT of the stage) and the stage record's
+    ``train_seconds``, Panacea's ``clamp_active_fraction`` / ``epsilon_steps``."""
+    res = {r["name"]: r for r in metrics["results"]}
+    rec = metrics["records"]
+    main = {r["method"]: r for r in rows}
+    out, seen = [], set()
+    for a in ablations:
+        m = main[a["method"]]
+        if (a["method"], a["option"]) not in seen:
+            seen.add((a["method"], a["option"]))
+            base_rec = rec.get(m["method"] if m["stage"] == "alignment" else m["variant"], {})
+            out.append({**{k: m.get(k) for k in ("method", "stage", "variant", "harmful_score", "harmful_score_ci",
+                                                  "finetune_accuracy", "over_refusal", "step_seconds",
+                                                  "step_time_ratio", "peak_memory_ratio")},
+                        "option": a["option"], "value": _base_value(bench, m, a["option"]), "base": True,
+                        **{k: base_rec.get(k) for k in _RECORD_KEYS if k in base_rec}})
+        r = res.get(a["variant"], {})
+        stage_rec = rec.get(a["record"], {})
+        row = {"method": a["method"], "stage": a["stage"], "variant": a["variant"], "option": a["option"],
+               "value": a["value"], "base": False, "harmful_score": r.get("harmful_score"),
+               "harmful_score_ci": r.get("harmful_score_ci"), "finetune_accuracy": r.get("finetune_accuracy"),
+               "over_refusal": r.get("over_refusal"), "step_seconds": stage_rec.get("step_seconds"),
+               **{k: stage_rec.get(k) for k in _RECORD_KEYS if k in stage_rec}}
+        ref = rec.get("aligned" if a["stage"] == "alignment" else "sft", {})
+        if stage_rec.get("step_seconds") and ref.get("step_seconds") and a["stage"] != "post":
+            row["step_time_ratio"] = round(stage_rec["step_seconds"] / ref["step_seconds"], 3)
+        if stage_rec.get("peak_memory_gb") and ref.get("peak_memory_gb") and a["stage"] != "post":
+            row["peak_memory_ratio"] = round(stage_rec["peak_memory_gb"] / ref["peak_memory_gb"], 3)
+        out.append(row)
+    return out
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def ablation_findings(abl: list[dict], rows: list[dict], rhos: dict | None = None,
+                      over_refusal_limit: float = 20.0) -> list[str]:
+    """Sentences the report states from the ablation rows (each with its numbers)."""
+    rhos = rhos or {}
+    out = []
+    groups: dict = {}
+    for a in abl:
+        groups.setdefault((a["method"], a["option"]), []).append(a)
+    main = {r["method"]: r for r in rows}
+    for (method, option), g in groups.items():
+        base = next((a for a in g if a["base"]), None)
+        if option == "perturb_every" and base and base.get("train_seconds"):
+            for a in g:
+                if a["base"] or not a.get("train_seconds"):
+                    continue
+                saving = 1 - a["train_seconds"] / base["train_seconds"]
+                dhs = None if a["harmful_score"] is None or base["harmful_score"] is None else a["harmful_score"] - base["harmful_score"]
+                dfa = None if a["finetune_accuracy"] is None or base["finetune_accuracy"] is None else a["finetune_accuracy"] - base["finetune_accuracy"]
+                out.append(f"{method} perturb_every {a['value']} (vs {base['value']}): fine-tuning time "
+                           f"{a['train_seconds']:.0f} s vs {base['train_seconds']:.0f} s ({100 * saving:.0f} % saved), "
+                           f"step {_fmt(a.get('step_time_ratio'), 2)}× SFT vs {_fmt(base.get('step_time_ratio'), 2)}×; "
+                           f"HS {_fmt(dhs, 1, signed=True)}, FA {_fmt(dfa, 1, signed=True)} points.")
+        if option == "rho":
+            pts = sorted((a for a in g if _num(a["value"]) is not None and a.get("over_refusal") is not None),
+                         key=lambda a: _num(a["value"]))
+            if pts:
+                over = next((a for a in pts if a["over_refusal"] > over_refusal_limit), None)
+                out.append(f"{method} ρ sweep: over-refusal passes {over_refusal_limit:.0f} % at ρ = {over['value']} "
+                           f"(OR {over['over_refusal']:.1f} %, HS {_fmt(over['harmful_score'])}, FA "
+                           f"{_fmt(over['finetune_accuracy'])})." if over else
+                           f"{method} ρ sweep: over-refusal stays ≤ {over_refusal_limit:.0f} % up to ρ = {pts[-1]['value']} "
+                           f"(OR {pts[-1]['over_refusal']:.1f} %); extend bench.ablations.{method}.rho to find where it passes.")
+    # Panacea vs one-shot ascent at the same ρ: the main rows (when their ρ agree) and every ρ both swept
+    by_rho: dict = {}
+    for m in ("panacea", "ascent"):
+        if m in main and rhos.get(m) is not None:
+            by_rho.setdefault(_num(rhos[m]), {})[m] = main[m]
+    for a in abl:
+        if a["method"] in ("panacea", "ascent") and a["option"] == "rho" and not a["base"]:
+            by_rho.setdefault(_num(a["value"]), {})[a["method"]] = a
+    pairs = [(r, d) for r, d in sorted(by_rho.items()) if len(d) == 2]
+    if pairs:
+        out.append("Panacea vs one-shot ascent (ε from the fine-tuned model's harmful gradient, no training term) at "
+                   "the same ρ: " + "; ".join(
+                       f"ρ {r:g}: HS {_fmt(d['panacea'].get('harmful_score'))} vs {_fmt(d['ascent'].get('harmful_score'))}, "
+                       f"FA {_fmt(d['panacea'].get('finetune_accuracy'))} vs {_fmt(d['ascent'].get('finetune_accuracy'))}"
+                       for r, d in pairs) + ".")
+    clamp = [a for a in abl if a.get("clamp_active_fraction") is not None]
+    if clamp:
+        seen = set()
+        parts = []
+        for a in clamp:
+            if a["variant"] in seen:
+                continue
+            seen.add(a["variant"])
+            parts.append(f"{a['variant']} {100 * a['clamp_active_fraction']:.0f} %")
+        out.append("Clamp min(h(w+ε), c) active on the ε-steps of: " + ", ".join(parts) + ".")
+    return out
+
+
 def check_targets(rows: list[dict], gen: dict | None) -> list[dict]:
     out = []
     for r in rows:
@@ -250,8 +441,17 @@ def plot_all(results: dict, out_dir: Path) -> list[Path]:
             continue
         ax.scatter(fa, r["harmful_score"], color=colors.get(r["stage"], "gray"), s=36, zorder=3)
         ax.annotate(r["method"], (fa, r["harmful_score"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    sweep = [a for a in results.get("ablations") or [] if not a["base"] and a.get("harmful_score") is not None
+             and a.get("finetune_accuracy") is not None]
+    for a in sweep:
+        ax.scatter(a["finetune_accuracy"], a["harmful_score"], color=colors.get(a["stage"], "gray"), s=14,
+                   marker="x", zorder=2, alpha=0.8)
+        ax.annotate(f"{a['option']}={a['value']}", (a["finetune_accuracy"], a["harmful_score"]), fontsize=6,
+                    xytext=(3, -8), textcoords="offset points", color="#555555")
     for stage, c in colors.items():
         ax.scatter([], [], color=c, label=f"{stage} stage")
+    if sweep:
+        ax.scatter([], [], color="gray", marker="x", s=14, label="ablation (option=value)")
     ax.set_xlabel("fine-tune accuracy FA (%) →  better")
     ax.set_ylabel("harmful score HS (%) ↓ better")
     ax.set_title(f"{results['name']}: every defense after the same attack", fontsize=10)
@@ -278,11 +478,19 @@ def plot_all(results: dict, out_dir: Path) -> list[Path]:
         paths.append(out_dir / "overhead.png")
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
+    if (results.get("scaling") or {}).get("points"):
+        from .scaling import plot_scaling
+
+        paths.append(plot_scaling(results["scaling"]["points"], out_dir))
     return paths
 
 
-def _fmt(v, nd=1):
-    return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, (int, float)) else str(v))
+def _fmt(v, nd=1, signed=False):
+    if v is None:
+        return "—"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
 
 
 def report_md(results: dict) -> str:
@@ -316,6 +524,34 @@ def report_md(results: dict) -> str:
               f"{g['batch_size']}, left padding, KV cache) {g['batched_tokens_per_second']} tok/s vs one prompt at "
               f"a time {g['one_at_a_time_tokens_per_second']} tok/s: {g['speedup']}×; identical greedy answers "
               f"{g['identical_answers']}/{g['prompts']}."]
+    abl = results.get("ablations") or []
+    if abl:
+        L += ["", "## Ablations the paper leaves open", "",
+              "One option changed at a time from the method's bench options (`bench.ablations`); the row marked "
+              "base is the method's main row. Same data, seed and budget.", "",
+              "| method | option | value | HS [95% CI] | FA | OR | time ×SFT | train s | clamp active | ε steps |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for a in abl:
+            ci = a.get("harmful_score_ci")
+            hs = f"{_fmt(a.get('harmful_score'))} [{ci[0]:.0f}–{ci[1]:.0f}]" if ci else _fmt(a.get("harmful_score"))
+            clamp = a.get("clamp_active_fraction")
+            L.append(f"| {a['method']} | {a['option']} | {a['value']}{' (base)' if a['base'] else ''} | {hs} | "
+                     f"{_fmt(a.get('finetune_accuracy'))} | {_fmt(a.get('over_refusal'))} | {_fmt(a.get('step_time_ratio'), 2)} | "
+                     f"{_fmt(a.get('train_seconds'), 0)} | {'—' if clamp is None else f'{100 * clamp:.0f} %'} | "
+                     f"{_fmt(a.get('epsilon_steps'), 0)} |")
+        L += [""] + [f"- {f}" for f in results.get("findings", [])]
+    sc_points = results.get("scaling") or {}
+    if sc_points.get("points"):
+        from .scaling import scaling_report
+
+        L += ["", "## Scaling: step time and memory vs sequence length and LoRA rank", ""]
+        L += scaling_report(sc_points["points"], sc_points.get("growth") or {})
+        L += ["", "![scaling](scaling.png)"]
+    for prof in results.get("profiles") or []:
+        from .scaling import profile_report
+
+        L += ["", f"## Where the time goes: {prof['method']} ({prof.get('reason', 'profile')})", ""]
+        L += profile_report(prof)
     for sc in results.get("safety_coefficients", []):
         L += ["", f"## Panacea's ε per layer ({sc['stage']})", "",
               "Share of Σ_i ‖ε_i‖ per decoder layer (the statistic algorithms.md §2.1 infers for the paper's "
@@ -338,7 +574,7 @@ def write_outputs(results: dict, out_dir: Path) -> None:
 
 
 def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = False,
-              overrides: list[str] = (), command: str = "") -> dict:
+              overrides: list[str] = (), command: str = "", resume: bool = False) -> dict:
     import shutil
 
     import torch
@@ -349,9 +585,11 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
 
     raw = read_yaml(config)
     out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if resume and not (out_dir / "run" / "run.json").exists():
+        raise UserError(f"--resume: {str(out_dir)!r} holds no interrupted bench (no run/run.json)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         if not force:
-            raise UserError(f"{str(out_dir)!r} already holds bench results; pass --force or --out <new folder>")
+            raise UserError(f"{str(out_dir)!r} already holds bench results; pass --force, --resume or --out <new folder>")
         if not (out_dir / "results.json").exists() and not (out_dir / "run").exists():
             raise UserError(f"{str(out_dir)!r} is not a panacea bench folder; refusing to replace it")
         shutil.rmtree(out_dir)
@@ -371,6 +609,10 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
 
     metrics = run_experiment(cfg, force=False)
     rows = collect(metrics, methods)
+    by_method = {m["method"]: m for m in methods}
+    abl = collect_ablations(metrics, bench["_ablations"], rows, bench)
+    rhos = {m: _base_value(bench, by_method[m], "rho") for m in ("panacea", "ascent") if m in by_method}
+    findings = ablation_findings(abl, rows, rhos)
 
     say("[bench] generation speed: batched vs one prompt at a time")
     n_gen = int(bench.get("generation_prompts", 16))
@@ -378,6 +620,35 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     prompts = [ctx.format(ex) for ex in ctx.examples(cfg.eval.harmful, "eval.harmful")[:n_gen]]
     gen = generation_speedup(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
     del model
+
+    scaling = None
+    spec = _scaling_spec(bench.get("scaling"), by_method)
+    if spec:
+        from .scaling import fit_growth, scaling_sweep
+
+        say(f"[bench] scaling sweep: {', '.join(spec['methods'])} × seq {spec['seq_lengths']} × rank {spec['ranks']}")
+        sweep_methods = {m: (_stage_of(m, by_method) if m != "sft" else "finetune", m,
+                             _options(bench, m) if m != "sft" else {}) for m in spec["methods"]}
+        points = scaling_sweep(cfg, ctx, sweep_methods, spec["seq_lengths"], spec["ranks"], steps=spec["steps"],
+                               warmup=spec["warmup"])
+        scaling = {**{k: spec[k] for k in ("seq_lengths", "ranks", "steps")}, "points": points,
+                   "growth": fit_growth(points)}
+
+    targets = check_targets(rows, gen)
+    profiles = []
+    mode = bench.get("profile", "auto")
+    missed = [r for r in rows if r["method"] in TARGET_METHODS and any(
+        t["what"].startswith(r["method"] + " ") and not t["met"] and t["value"] is not None for t in targets)]
+    to_profile = [r for r in rows if r["method"] in TARGET_METHODS] if mode == "always" else missed if mode == "auto" else []
+    for r in to_profile:
+        from .scaling import profile_step
+
+        say(f"[bench] profiling {r['method']} ({'target missed' if r in missed else 'profile: always'})")
+        for stage, name in ((r["stage"], r["method"]), ("finetune" if r["stage"] != "alignment" else "alignment", "sft")):
+            prof = profile_step(cfg, ctx, stage, name, _options(bench, name) if name != "sft" else {})
+            prof["reason"] = ("target missed" if r in missed else "profile: always") + (
+                "" if name != "sft" else f"; the SFT step it is compared with")
+            profiles.append(prof)
 
     coeffs = []
     if any(m["method"] == "panacea" for m in methods):
@@ -394,7 +665,11 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
         "methods": rows,
         "generation_speedup": gen,
         "safety_coefficients": coeffs,
-        "targets": check_targets(rows, gen),
+        "targets": targets,
+        "ablations": abl,
+        "findings": findings,
+        "scaling": scaling,
+        "profiles": profiles,
         "estimated_seconds": round(est, 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "run_dir": cfg.output_dir,
@@ -403,6 +678,42 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     }
     write_outputs(results, out_dir)
     return results
+
+
+def _stage_of(name: str, by_method: dict) -> str | None:
+    """The training stage of a defense: its row's stage in this bench, else the registry's."""
+    if name in by_method:
+        return by_method[name]["stage"]
+    for stage in ("alignment", "finetune"):
+        if name in DEFENSES[stage]:
+            return stage
+    return None
+
+
+def _scaling_spec(spec, by_method: dict) -> dict | None:
+    """``bench.scaling``: ``{methods: [sft, booster, panacea], seq_lengths: [...], ranks: [...],
+    steps: 2, warmup: 1}`` or null/absent for none."""
+    if not spec:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError("bench.scaling must be a mapping {methods, seq_lengths, ranks, steps, warmup}")
+    unknown = set(spec) - {"methods", "seq_lengths", "ranks", "steps", "warmup"}
+    if unknown:
+        raise ConfigError(f"bench.scaling.{sorted(unknown)[0]}: unknown key (known: methods, seq_lengths, ranks, steps, warmup)")
+    out = {"methods": spec.get("methods", ["sft", "booster", "panacea"]), "seq_lengths": spec.get("seq_lengths", [64, 128]),
+           "ranks": spec.get("ranks", [8, 32]), "steps": spec.get("steps", 2), "warmup": spec.get("warmup", 1)}
+    for m in out["methods"]:
+        if m != "sft" and _stage_of(m, by_method) is None:
+            raise ConfigError(f"bench.scaling.methods: {m!r} is not a registered training-stage defense")
+    for key in ("seq_lengths", "ranks"):
+        v = out[key]
+        if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+            raise ConfigError(f"bench.scaling.{key} must be a non-empty list of positive integers, got {v!r}")
+    for key in ("steps", "warmup"):
+        v = out[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "steps" else 0):
+            raise ConfigError(f"bench.scaling.{key} must be an integer ≥ {1 if key == 'steps' else 0}, got {v!r}")
+    return out
 
 
 def _probe(cfg, ctx) -> tuple[float, float]:

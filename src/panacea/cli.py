@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="apply the config's bench.quick profile (< 15 min on 2 CPU cores)")
     b.add_argument("--out", default="bench_results", help="output folder (default: bench_results)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted bench in OUT with the same config: finished stages and "
+                        "evaluations are kept (checked against their checksums), the rest runs")
     pl = sub.add_parser("plot", help="redraw the bench plots from a results.json",
                         description="Redraw hs_vs_fa.png and overhead.png next to RESULTS (a bench results.json).")
     pl.add_argument("results", help="bench_results/results.json")
@@ -332,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import run_bench
             from .report import format_bench
 
-            res = run_bench(args.config, args.quick, args.out, args.force, args.overrides,
+            if args.force and args.resume:
+                raise UserError("--force and --resume exclude each other: --force deletes what --resume keeps")
+            res = run_bench(args.config, args.quick, args.out, args.force, args.overrides, resume=args.resume,
                             command="panacea " + " ".join(sys.argv[1:]) if argv is None else "panacea " + " ".join(argv))
             print(format_bench(res))
             print(f"→ {args.out}/results.json, {args.out}/report.md")
