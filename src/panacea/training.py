@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections import defaultdict
 from dataclasses import asdict
 
 import torch
@@ -233,6 +234,49 @@ class _Slice:
 
     def __len__(self):
         return len(self.batches)
+
+
+class AuxiliaryMixin:
+    """What the multi-pass trainers share (``class X(AuxiliaryMixin, Trainer)``): auxiliary losses
+    appended to ``self._aux`` and logged under their own keys (``add_auxiliary_logs``), and one
+    auxiliary data set (the defender's harmful, alignment or safety set) drawn by ``_aux_batch``
+    from a ``CyclingLoader`` built at the first batch, whose position ``extra_state`` saves under
+    ``aux_state_key`` (``checkpoint.CheckpointState``). Call ``_init_auxiliary`` after
+    ``Trainer.__init__``; a trainer with more state extends ``extra_state`` / ``load_extra_state``.
+    """
+
+    aux_state_key = "harmful"
+
+    def _init_auxiliary(self, dataset=None, batch_size: int | None = None, key: str = "harmful_data") -> None:
+        """``dataset`` None: logs only (no loader, no state); ``batch_size`` None: the Trainer's
+        ``per_device_train_batch_size``; ``key`` names the data set in errors."""
+        self._aux = defaultdict(list)
+        self._aux_data, self._aux_batch_size, self._aux_key = dataset, batch_size, key
+        self._aux_loader: CyclingLoader | None = None
+
+    def _auxiliary_loader(self) -> CyclingLoader:
+        if self._aux_loader is None:  # per process; on N processes each takes its slice of N batches
+            bs = self._aux_batch_size or self.args.per_device_train_batch_size
+            self._aux_loader = CyclingLoader.for_trainer(self, self._aux_data, bs, self._aux_key)
+        return self._aux_loader
+
+    def _aux_batch(self):
+        """The next auxiliary batch, on the trainer's device."""
+        return self._prepare_inputs(self._auxiliary_loader().next())
+
+    def log(self, logs, *args, **kwargs):
+        add_auxiliary_logs(logs, self._aux)
+        super().log(logs, *args, **kwargs)
+
+    # -- resume: the auxiliary loader's position (None until the first batch); logs only: no state
+    def extra_state(self) -> dict | None:
+        if self._aux_data is None:
+            return None
+        return {self.aux_state_key: None if self._aux_loader is None else self._aux_loader.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if state[self.aux_state_key] is not None:
+            self._auxiliary_loader().load_state_dict(state[self.aux_state_key])
 
 
 # --------------------------------------------------------------------------- several processes

@@ -144,7 +144,7 @@ def test_perturb_every_recomputes_epsilon_only_every_k_steps(tiny_lora_model, ti
             G_ref, eps_ref = reference(model, user, harm, 0.7, 0.5, 100.0)
         else:
             G_ref = dict(zip(params, torch.autograd.grad(loss_at(model, params, user), list(params.values()))))
-        drawn = tr._harmful.state_dict()["taken"] if tr._harmful is not None else None
+        drawn = tr._aux_loader.state_dict()["taken"] if tr._aux_loader is not None else None
         model.zero_grad(set_to_none=True)
         tr.training_step(model, user)
         for n, p in trainable(model).items():
@@ -155,7 +155,7 @@ def test_perturb_every_recomputes_epsilon_only_every_k_steps(tiny_lora_model, ti
             kept = [e.clone() for e in tr.epsilon]
         else:  # ε and the defender's loader untouched
             assert all(torch.equal(a, b) for a, b in zip(tr.epsilon, kept))
-            assert tr._harmful.state_dict()["taken"] == drawn
+            assert tr._aux_loader.state_dict()["taken"] == drawn
         with torch.no_grad():  # move the weights so that each step's reference differs
             for p in trainable(model).values():
                 p.sub_(0.05 * p.grad)

@@ -265,7 +265,7 @@ def test_train_logs_the_auxiliary_losses(model, tiny_tokenizer, tmp_path):
     logs = [h for h in tr.state.log_history if "loss" in h]
     assert logs and all({"harmful_loss", "harmful_loss_layers_mean", "mmd"} <= set(h) for h in logs)
     # None = the alignment batch size
-    assert tr._harmful.loader.batch_size == tr.args.per_device_train_batch_size
+    assert tr._aux_loader.loader.batch_size == tr.args.per_device_train_batch_size
 
 
 @pytest.mark.parametrize("key", ["alpha", "beta", "harmful_batch_size"])
@@ -288,7 +288,7 @@ def test_lens_tokens_subset_matches_autograd(model, tiny_tokenizer, tmp_path):
     assert n_tokens(harm) > 3
     tr = make(model, tok, tmp_path, seed=2, alpha=0.5, beta=1.0, lens_tokens=3)
     tr.state.global_step = 4
-    tr._harmful_batch = lambda: harm  # the subset indexes the batch's rows in this order
+    tr._aux_batch = lambda: harm  # the subset indexes the batch's rows in this order
     G_ref, parts = reference(model, align, harm, 0.5, 1.0, 1_000_003 * 2 + 4, lens_tokens=3)
     model.zero_grad(set_to_none=True)
     tr.training_step(model, align)

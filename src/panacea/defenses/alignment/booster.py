@@ -22,7 +22,6 @@ Deliberate departures from the reference code (algorithms.md §4 "Do not copy", 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +31,8 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ...training import (CyclingLoader, add_auxiliary_logs, check_finite, process_gradients, process_mean,
-                         require_gradient_access, token_share)
+from ...training import (AuxiliaryMixin, check_finite, process_gradients, process_mean, require_gradient_access,
+                         token_share)
 from ...weights import global_l2, perturbed
 
 
@@ -56,21 +55,14 @@ class BoosterConfig:
                 raise ConfigError(f"{k} must be > 0 for booster, got {getattr(self, k)}")
 
 
-class BoosterTrainer(Trainer):
+class BoosterTrainer(AuxiliaryMixin, Trainer):
     """``Trainer`` whose step writes G = ∇f + λ∇h(w) − λ∇h(w − αĝ_h)."""
 
     def __init__(self, *args, booster: BoosterConfig, harmful_dataset, **kwargs):
         super().__init__(*args, **kwargs)
         self.booster = booster
-        self.harmful_dataset = harmful_dataset
-        self._harmful = None
-        self._aux = defaultdict(list)
+        self._init_auxiliary(harmful_dataset, booster.harmful_batch_size)  # seeded, cycled harmful loader
         require_gradient_access(self, "booster")
-
-    def _harmful_batch(self):
-        if self._harmful is None:  # per process; on N processes each takes its slice of N batches
-            self._harmful = CyclingLoader.for_trainer(self, self.harmful_dataset, self.booster.harmful_batch_size)
-        return self._prepare_inputs(self._harmful.next())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         cfg = self.booster
@@ -82,7 +74,7 @@ class BoosterTrainer(Trainer):
         # pass 1: harmful loss h(w) and its normalised gradient ĝ_h. Every gradient is averaged
         # over processes (token-weighted for h), so ĝ_h and the simulated step are the same on
         # every process (algorithms.md §0, rule 2); on one process these are plain autograd.grad
-        hb = self._harmful_batch()
+        hb = self._aux_batch()  # the defender's harmful batch
         share = token_share(hb)  # 1.0 on one process
         with record_function("booster/harmful_pass"):
             with self.compute_loss_context_manager():
@@ -121,19 +113,6 @@ class BoosterTrainer(Trainer):
         self._aux["harmful_loss_drop"].append(h_w.item() - h_step.item())
         return loss_f.detach() * f_scale
 
-    def log(self, logs, *args, **kwargs):
-        add_auxiliary_logs(logs, self._aux)
-        super().log(logs, *args, **kwargs)
-
-    # -- resume (checkpoint.CheckpointState): the harmful loader's position
-    def extra_state(self) -> dict:
-        return {"harmful": None if self._harmful is None else self._harmful.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        if state["harmful"] is not None:
-            self._harmful_batch()  # builds the loader; the position is restored next
-            self._harmful.load_state_dict(state["harmful"])
-
 
 class Booster:
     """Registry entry: builds a ``BoosterTrainer`` with the defender's harmful set."""
@@ -142,7 +121,7 @@ class Booster:
 
     @staticmethod
     def make_trainer(model, args, train_dataset, ctx, cfg: BoosterConfig):
-        harmful = ctx.dataset(cfg.harmful_data, "alignment.harmful_data")
+        harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
         return BoosterTrainer(model=model, args=args, train_dataset=train_dataset,
                               data_collator=ctx.collator, booster=cfg, harmful_dataset=harmful)
 

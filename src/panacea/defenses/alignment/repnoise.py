@@ -56,7 +56,6 @@ Deliberate departures from the reference code (algorithms.md §6 "Do not copy", 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -67,7 +66,7 @@ from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, resolve
 from ...registry import DEFENSES
-from ...training import CyclingLoader, add_auxiliary_logs, process_gradients, process_mean, require_gradient_access
+from ...training import AuxiliaryMixin, process_gradients, process_mean, require_gradient_access
 
 
 @dataclass
@@ -119,22 +118,15 @@ def _mmd(x: torch.Tensor, y: torch.Tensor, n_kernels: int = 5, mul: float = 2.0)
     return k[:m, :m].mean() + k[m:, m:].mean() - 2.0 * k[:m, m:].mean()
 
 
-class RepNoiseTrainer(Trainer):
+class RepNoiseTrainer(AuxiliaryMixin, Trainer):
     """``Trainer`` whose step writes G = ∇[CE(align) + β·MMD(harm, noise) − α·log(CE_terms(harm) + 1)]."""
 
     def __init__(self, *args, repnoise: RepNoiseConfig, harmful_dataset, **kwargs):
         super().__init__(*args, **kwargs)
         self.repnoise = repnoise
-        self.harmful_dataset = harmful_dataset
-        self._harmful = None
-        self._aux = defaultdict(list)
+        # seeded, cycled harmful loader; batch None = the alignment batch size
+        self._init_auxiliary(harmful_dataset, repnoise.harmful_batch_size)
         require_gradient_access(self, "repnoise")
-
-    def _harmful_batch(self):
-        if self._harmful is None:  # per process; on N processes each takes its slice of N batches
-            bs = self.repnoise.harmful_batch_size or self.args.per_device_train_batch_size
-            self._harmful = CyclingLoader.for_trainer(self, self.harmful_dataset, bs)
-        return self._prepare_inputs(self._harmful.next())
 
     def _harmful_objective(self, model, hb):
         """β·MMD − α·log(T/(L+2) + 1) on the harmful batch, with (CE(logits), T/(L+2), MMD)."""
@@ -202,7 +194,7 @@ class RepNoiseTrainer(Trainer):
         ga = self.current_gradient_accumulation_steps
 
         # harmful forward (MLP outputs, all hidden states) and its backward, which frees that graph
-        hb = self._harmful_batch()
+        hb = self._aux_batch()  # the defender's harmful batch
         objective, ce_h, ce_mean, mmd = self._harmful_objective(model, hb)
         grad_h = process_gradients(objective, params, model)  # averaged over processes
 
@@ -223,19 +215,6 @@ class RepNoiseTrainer(Trainer):
         self._aux["mmd"].append(process_mean(mmd).item())
         return loss_f.detach() * f_scale
 
-    def log(self, logs, *args, **kwargs):
-        add_auxiliary_logs(logs, self._aux)
-        super().log(logs, *args, **kwargs)
-
-    # -- resume (checkpoint.CheckpointState): the harmful loader's position
-    def extra_state(self) -> dict:
-        return {"harmful": None if self._harmful is None else self._harmful.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        if state["harmful"] is not None:
-            self._harmful_batch()  # builds the loader; the position is restored next
-            self._harmful.load_state_dict(state["harmful"])
-
 
 class RepNoise:
     """Registry entry: builds a ``RepNoiseTrainer`` with the defender's harmful set."""
@@ -244,7 +223,7 @@ class RepNoise:
 
     @staticmethod
     def make_trainer(model, args, train_dataset, ctx, cfg: RepNoiseConfig):
-        harmful = ctx.dataset(cfg.harmful_data, "alignment.harmful_data")
+        harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
         return RepNoiseTrainer(model=model, args=args, train_dataset=train_dataset,
                                data_collator=ctx.collator, repnoise=cfg, harmful_dataset=harmful)
 

@@ -31,7 +31,6 @@ Deliberate departures from the reference code (algorithms.md §5 "Do not copy", 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +39,7 @@ from transformers import Trainer
 from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, replace_first, resolve
 from ...registry import DEFENSES
-from ...training import add_auxiliary_logs, process_gradients, require_gradient_access
+from ...training import AuxiliaryMixin, process_gradients, require_gradient_access
 from ...weights import global_l2
 
 
@@ -58,13 +57,13 @@ class VaccineConfig:
             raise ConfigError(f"rho must be > 0 for vaccine, got {self.rho}")
 
 
-class VaccineTrainer(Trainer):
+class VaccineTrainer(AuxiliaryMixin, Trainer):
     """``Trainer`` whose step writes G = ∇_w f(w; E), E = ρ ∇_o f / ‖∇_o f‖ on the attention outputs."""
 
     def __init__(self, *args, vaccine: VaccineConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.vaccine = vaccine
-        self._aux = defaultdict(list)
+        self._init_auxiliary()  # auxiliary logs only: no data besides the alignment set
         require_gradient_access(self, "vaccine")
 
     def _perturbation(self, model, attn, inputs, num_items_in_batch):
@@ -127,10 +126,6 @@ class VaccineTrainer(Trainer):
         # per micro-batch value on the scale of the logged loss
         self._aux["perturbed_loss"].append(loss_p.item() * f_scale * ga)
         return loss_f * f_scale
-
-    def log(self, logs, *args, **kwargs):
-        add_auxiliary_logs(logs, self._aux)
-        super().log(logs, *args, **kwargs)
 
 
 class Vaccine:

@@ -34,7 +34,6 @@ step, whichever state it was in.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -43,7 +42,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ...training import CyclingLoader, add_auxiliary_logs, check_finite, require_gradient_access, token_share
+from ...training import AuxiliaryMixin, check_finite, require_gradient_access, token_share
 
 ALIGNMENT, USER = "alignment", "user"
 
@@ -81,28 +80,22 @@ class LisaConfig:
             raise ConfigError(f"alignment_batch_size must be > 0 for lisa, got {self.alignment_batch_size}")
 
 
-class LisaTrainer(Trainer):
+class LisaTrainer(AuxiliaryMixin, Trainer):
     """``Trainer`` alternating alignment / user phases with G = ∇loss + ρ(w − anchor of the other state)."""
+
+    aux_state_key = "alignment"
 
     def __init__(self, *args, lisa: LisaConfig, alignment_dataset, **kwargs):
         super().__init__(*args, **kwargs)
         self.lisa = lisa
-        self.alignment_dataset = alignment_dataset
-        self._alignment = None
+        # seeded, cycled alignment loader; batch None = the user batch size
+        self._init_auxiliary(alignment_dataset, lisa.alignment_batch_size, "alignment_data")
         self.lisa_state: str | None = None  # state of the current optimizer step
         self.anchors: dict[str, list[torch.Tensor]] | None = None  # {ALIGNMENT: w̃_al, USER: w̃_ft}
         self._step = None  # global_step of the latest training_step call
         self._micro, self._step_loss = 0, 0.0  # micro-batches and CE so far in this optimizer step
-        self._aux = defaultdict(list)
         self.stats = {"alignment_state_steps": 0, "user_state_steps": 0, "switches": 0}
         require_gradient_access(self, "lisa")  # the proximal term is written into .grad
-
-    def _alignment_batch(self):
-        if self._alignment is None:
-            bs = self.lisa.alignment_batch_size or self.args.per_device_train_batch_size
-            # per process; on N processes each takes its slice of N batches
-            self._alignment = CyclingLoader.for_trainer(self, self.alignment_dataset, bs, "alignment_data")
-        return self._prepare_inputs(self._alignment.next())
 
     def state_at(self, step: int) -> str:
         """The state of optimizer step ``step`` (0-based): K_a alignment steps, then K_f user steps, …"""
@@ -137,7 +130,7 @@ class LisaTrainer(Trainer):
         state = self.lisa_state
 
         if state == ALIGNMENT:  # the Trainer's user batch is discarded, as in the reference
-            batch = self._alignment_batch()
+            batch = self._aux_batch()  # the defender's alignment batch
             with self.compute_loss_context_manager():
                 loss = model(**batch).loss
             check_finite(self, "f(w)", loss)
@@ -175,23 +168,17 @@ class LisaTrainer(Trainer):
             self._aux[f"{state}_loss"].append(self._step_loss)
         return loss.detach() * scale
 
-    def log(self, logs, *args, **kwargs):
-        add_auxiliary_logs(logs, self._aux)
-        super().log(logs, *args, **kwargs)
-
     # -- resume (checkpoint.CheckpointState): state, anchors, stats, the alignment loader's position
     def extra_state(self) -> dict:
         return {"lisa_state": self.lisa_state, "anchors": self.anchors, "step": self._step, "stats": self.stats,
-                "alignment": None if self._alignment is None else self._alignment.state_dict()}
+                **super().extra_state()}
 
     def load_extra_state(self, state: dict) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.lisa_state, self._step, self.stats = state["lisa_state"], state["step"], dict(state["stats"])
         if state["anchors"] is not None:
             self.anchors = {k: [a.to(p.device) for a, p in zip(v, params)] for k, v in state["anchors"].items()}
-        if state["alignment"] is not None:
-            self._alignment_batch()  # builds the loader; the position is restored next
-            self._alignment.load_state_dict(state["alignment"])
+        super().load_extra_state(state)
 
     def stage_record(self) -> dict:
         return {**self.stats, "final_state": self.lisa_state}

@@ -32,7 +32,6 @@ Deliberate departures from ``w-yibo/Panacea`` (algorithms.md §2, defects 1–10
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +45,8 @@ from ...errors import ConfigError
 from ...registry import DEFENSES
 from ...rundir import atomic_path
 from ...distributed import is_main
-from ...training import (CyclingLoader, add_auxiliary_logs, check_finite, full_tensors, process_gradients,
-                         process_mean, require_gradient_access, token_share)
+from ...training import (AuxiliaryMixin, check_finite, full_tensors, process_gradients, process_mean,
+                         require_gradient_access, token_share)
 from ...weights import global_l2, perturbed
 
 
@@ -94,26 +93,19 @@ class PanaceaConfig:
             raise ConfigError(f"mean_last_k must be ≥ 1 for panacea, got {self.mean_last_k}")
 
 
-class PanaceaTrainer(Trainer):
+class PanaceaTrainer(AuxiliaryMixin, Trainer):
     """``Trainer`` whose step writes G_t = ∇g − λ(∇min(h(w+ε), c) − ∇h(w)) and keeps ε_t."""
 
     def __init__(self, *args, panacea: PanaceaConfig, harmful_dataset, **kwargs):
         super().__init__(*args, **kwargs)
         self.panacea = panacea
-        self.harmful_dataset = harmful_dataset
-        self._harmful = None
+        # defender harmful batches: seeded sampler, cycled with a fresh iterator when exhausted
+        self._init_auxiliary(harmful_dataset, panacea.harmful_batch_size)
         self.epsilon: list[torch.Tensor] | None = None  # ε of the latest step (fp32 copies)
         self._recent: list[list[torch.Tensor]] = []
-        self._aux = defaultdict(list)
         self.stats = {"micro_steps": 0, "epsilon_steps": 0, "clamp_active_steps": 0}
         self.epsilon_applied = False
         require_gradient_access(self, "panacea")
-
-    # -- defender harmful batches: seeded sampler, cycled with a fresh iterator when exhausted
-    def _harmful_batch(self):
-        if self._harmful is None:  # per process; on N processes each takes its slice of N batches
-            self._harmful = CyclingLoader.for_trainer(self, self.harmful_dataset, self.panacea.harmful_batch_size)
-        return self._prepare_inputs(self._harmful.next())
 
     def _params(self, model):
         return [p for p in model.parameters() if p.requires_grad]
@@ -148,7 +140,7 @@ class PanaceaTrainer(Trainer):
             return loss_g.detach() * g_scale
 
         # pass 2: harmful loss h(w) on the defender's batch, and ε = ρ ∇h / ‖∇h‖
-        hb = self._harmful_batch()
+        hb = self._aux_batch()
         share = token_share(hb)  # 1.0 on one process
         with record_function("panacea/harmful_pass"):
             with self.compute_loss_context_manager():
@@ -189,14 +181,9 @@ class PanaceaTrainer(Trainer):
         self._aux["clamp_active"].append(float(clamped))
         return loss_g.detach() * g_scale
 
-    def log(self, logs, *args, **kwargs):
-        add_auxiliary_logs(logs, self._aux)
-        super().log(logs, *args, **kwargs)
-
     # -- resume (checkpoint.CheckpointState): ε, its window, the stats, the harmful loader's position
     def extra_state(self) -> dict:
-        return {"epsilon": self.epsilon, "recent": self._recent, "stats": self.stats,
-                "harmful": None if self._harmful is None else self._harmful.state_dict()}
+        return {"epsilon": self.epsilon, "recent": self._recent, "stats": self.stats, **super().extra_state()}
 
     def load_extra_state(self, state: dict) -> None:
         params = self._params(self.model)
@@ -204,9 +191,7 @@ class PanaceaTrainer(Trainer):
             self.epsilon = [e.to(p.device) for e, p in zip(state["epsilon"], params)]
         self._recent = [[e.to(p.device) for e, p in zip(eps, params)] for eps in state["recent"]]
         self.stats.update(state["stats"])
-        if state["harmful"] is not None:
-            self._harmful_batch()  # builds the loader; the position is restored next
-            self._harmful.load_state_dict(state["harmful"])
+        super().load_extra_state(state)
 
     def final_epsilon(self) -> list[torch.Tensor]:
         if self.epsilon is None:

@@ -25,7 +25,6 @@ and the returned (logged) loss is g alone (the reference returns g + weight·f);
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from transformers import Trainer
@@ -34,7 +33,7 @@ from ...data.base import DataSpec
 from ...data.templates import Tokenized
 from ...errors import ConfigError, DataError
 from ...registry import DEFENSES
-from ...training import CyclingLoader, add_auxiliary_logs, token_share
+from ...training import AuxiliaryMixin, token_share
 
 
 @dataclass
@@ -95,22 +94,16 @@ def mixed_dataset(user, safety, cfg: SafetyMixConfig, seed: int) -> tuple[Tokeni
     return Tokenized(feats, no_target), k
 
 
-class SafetyMixTrainer(Trainer):
+class SafetyMixTrainer(AuxiliaryMixin, Trainer):
     """``loss`` mode: ``Trainer`` whose step backpropagates g + weight · f (f on a refusal batch)."""
+
+    aux_state_key = "safety"
 
     def __init__(self, *args, safety_mix: SafetyMixConfig, safety_dataset, **kwargs):
         super().__init__(*args, **kwargs)
         self.safety_mix = safety_mix
-        self.safety_dataset = safety_dataset
-        self._safety = None
-        self._aux = defaultdict(list)
-
-    def _safety_batch(self):
-        if self._safety is None:
-            bs = self.safety_mix.safety_batch_size or self.args.per_device_train_batch_size
-            # per process; on N processes each takes its slice of N batches
-            self._safety = CyclingLoader.for_trainer(self, self.safety_dataset, bs, "safety_data")
-        return self._prepare_inputs(self._safety.next())
+        # seeded, cycled refusal loader; batch None = the user batch size
+        self._init_auxiliary(safety_dataset, safety_mix.safety_batch_size, "safety_data")
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.train()
@@ -118,7 +111,7 @@ class SafetyMixTrainer(Trainer):
         ga = self.current_gradient_accumulation_steps
         with self.compute_loss_context_manager():
             loss_g = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            sb = self._safety_batch()
+            sb = self._aux_batch()  # the provider's refusal batch
             loss_f = model(**sb).loss
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
         g_scale = 1.0 if scaled else 1.0 / ga
@@ -126,19 +119,6 @@ class SafetyMixTrainer(Trainer):
         self.accelerator.backward(loss_g * g_scale + (self.safety_mix.weight / ga) * (loss_f * share))
         self._aux["safety_loss"].append(loss_f.item())
         return loss_g.detach() * g_scale
-
-    def log(self, logs, *args, **kwargs):
-        add_auxiliary_logs(logs, self._aux)
-        super().log(logs, *args, **kwargs)
-
-    # -- resume (checkpoint.CheckpointState): the safety loader's position
-    def extra_state(self) -> dict:
-        return {"safety": None if self._safety is None else self._safety.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        if state["safety"] is not None:
-            self._safety_batch()  # builds the loader; the position is restored next
-            self._safety.load_state_dict(state["safety"])
 
 
 class SafetyMix:
