@@ -135,3 +135,12 @@ def test_bench_overrides_edit_the_bench_section(tmp_path):
     raw = yaml.safe_load(bench_yaml(tmp_path).read_text())
     _, bench, methods = build(raw, quick=True, overrides=["bench.exclude=[vaccine,lisa]", "bench.quick_ablations=null"])
     assert not {"vaccine", "lisa"} & {m["method"] for m in methods} and bench["_ablations"] == []
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    cfg = bench_yaml(tmp_path)
+    assert main(["bench", str(cfg), "--out", str(tmp_path / "o"), "bench.typo=1"]) == 2
+    assert "bench.typo: unknown key" in capsys.readouterr().err  # the override reached the bench
+    assert main(["bench", str(cfg), "--out", str(tmp_path / "o"), "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

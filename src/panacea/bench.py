@@ -203,8 +203,10 @@ def estimate_seconds(cfg: ExperimentConfig, plan, step_seconds: float, eval_seco
     total = 0.0
     for entry, *_ in plan.aligns.values():
         total += align_steps * step_seconds * PASSES.get(entry.name, 2)
-    for entry, *_ in plan.runs.values():
-        total += ft_steps * step_seconds * PASSES.get(entry.name, 2)
+    for entry, opts, *_ in plan.runs.values():
+        passes = PASSES.get(entry.name, 2)
+        k = getattr(opts, "perturb_every", 1)  # Panacea: the full 3 passes on every k-th step only
+        total += ft_steps * step_seconds * (passes + k - 1) / k
     total += len(plan.variants) * eval_seconds
     return total
 
@@ -303,6 +305,11 @@ def _base_value(bench: dict, m: dict, key: str):
 _RECORD_KEYS = ("train_seconds", "steps", "epsilon_steps", "clamp_active_fraction", "epsilon_norm", "apply_seconds")
 
 
+def _record_fields(stage: str, rec: dict) -> dict:
+    keys = ("apply_seconds",) if stage == "post" else _RECORD_KEYS  # a post record repeats its source's train time
+    return {k: rec[k] for k in keys if k in rec}
+
+
 def collect_ablations(metrics: dict, ablations: list[dict], rows: list[dict], bench: dict) -> list[dict]:
     """One row per ablation run plus, per (defense, option), the main row as the ``base`` point;
     overhead as ``collect`` (step time and memory vs SFT of the stage) and the stage record's
@@ -320,14 +327,14 @@ def collect_ablations(metrics: dict, ablations: list[dict], rows: list[dict], be
                                                   "finetune_accuracy", "over_refusal", "step_seconds",
                                                   "step_time_ratio", "peak_memory_ratio")},
                         "option": a["option"], "value": _base_value(bench, m, a["option"]), "base": True,
-                        **{k: base_rec.get(k) for k in _RECORD_KEYS if k in base_rec}})
+                        **_record_fields(m["stage"], base_rec)})
         r = res.get(a["variant"], {})
         stage_rec = rec.get(a["record"], {})
         row = {"method": a["method"], "stage": a["stage"], "variant": a["variant"], "option": a["option"],
                "value": a["value"], "base": False, "harmful_score": r.get("harmful_score"),
                "harmful_score_ci": r.get("harmful_score_ci"), "finetune_accuracy": r.get("finetune_accuracy"),
                "over_refusal": r.get("over_refusal"), "step_seconds": stage_rec.get("step_seconds"),
-               **{k: stage_rec.get(k) for k in _RECORD_KEYS if k in stage_rec}}
+               **_record_fields(a["stage"], stage_rec)}
         ref = rec.get("aligned" if a["stage"] == "alignment" else "sft", {})
         if stage_rec.get("step_seconds") and ref.get("step_seconds") and a["stage"] != "post":
             row["step_time_ratio"] = round(stage_rec["step_seconds"] / ref["step_seconds"], 3)

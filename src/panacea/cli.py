@@ -315,7 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         except (AttributeError, ValueError, OSError):
             pass
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may follow options (`bench CONFIG --out X k=v`): argparse leaves
+        # positionals after an option unparsed when the nargs="*" list was already taken
+        if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides or []) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except UserError as e:
         _error(str(e))
         return e.exit_code

@@ -93,8 +93,16 @@ class Context:
         self.tokenizer = tokenizer
         self.collator = Collator(tokenizer.pad_token_id) if tokenizer is not None else None
         self._pools: dict = {}
+        self.stage_key = ""  # the config key of the stage being built, e.g. "alignment.variants.booster"
+
+    def _key(self, key: str) -> str:
+        """A defense names its option (``harmful_data``); errors name the full config key."""
+        if not self.stage_key or key.split(".", 1)[0] in ("alignment", "finetune", "post", "eval"):
+            return key
+        return f"{self.stage_key}.{key}"
 
     def pool(self, spec: DataSpec, key: str) -> list[Example]:
+        key = self._key(key)
         entry = DATASETS.get(spec.name, f"{key}.name")
         ck = (spec.name, spec.split, spec.path, spec.hub_id, spec.hub_config, spec.size,
               spec.seed, tuple(sorted(spec.fields.items())))
@@ -103,7 +111,7 @@ class Context:
         return self._pools[ck]
 
     def examples(self, spec: DataSpec, key: str) -> list[Example]:
-        return select(self.pool(spec, key), spec, key)
+        return select(self.pool(spec, key), spec, self._key(key))
 
     def dataset(self, spec: DataSpec, key: str):
         return self.tokenize(self.examples(spec, key))
@@ -454,6 +462,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         say(f"[{step}/{n_stages}] alignment {name}: {entry.name} on {len(align_data)} examples")
         set_seed(cfg.seed)  # the new adapter's random init (LoRA A) is drawn from the global RNG
         model = models.build(cfg.model, cfg.lora, [], new_adapter=True)
+        ctx.stage_key = "alignment" if name == plan.main else f"alignment.variants.{name}"
         records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out, ctx, cfg.seed)
         del model
         _finish_stage(run_dir, out, [], train)
@@ -479,13 +488,15 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
             f"on {len(ds)} user samples ({n_h} harmful, p={p})")
         set_seed(cfg.seed)
         model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
+        ctx.stage_key = f"finetune.runs.{name}"
         records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed)
         records[name]["harmful_samples"] = n_h
         write_json(out / "record.json", records[name])
         del model
         _finish_stage(run_dir, out, align_chain, train)
 
-    # ---- stage 3: post-fine-tuning defenses
+    # ---- stage 3: post-fine-tuning defenses (their errors are prefixed with post.<name> below)
+    ctx.stage_key = ""
     for name, (entry, opts) in plan.posts.items():
         step += 1
         src = cfg.post[name].source

@@ -116,4 +116,6 @@ def format_bench(results: dict) -> str:
                      f"({g['identical_answers']}/{g['prompts']} identical answers)")
     for t in results.get("targets", []):
         lines.append(f"target {t['what']} {t['target']}: {_f(t['value'], 2)} {'met' if t['met'] else 'MISSED'}")
+    for f in results.get("findings") or []:
+        lines.append(f"ablation: {f}")
     return "\n".join(lines)
