@@ -71,9 +71,9 @@ def test_ratios_and_targets():
     rows = collect(metrics, [{"method": "sft", "stage": "finetune", "variant": "sft"},
                              {"method": "panacea", "stage": "finetune", "variant": "panacea"}])
     assert rows[1]["step_time_ratio"] == 3.5 and rows[1]["peak_memory_ratio"] == 1.1
-    t = {x["what"]: x for x in check_targets(rows, {"speedup": 6.0, "identical_fraction": 1.0})}
+    t = {x["what"]: x for x in check_targets(rows, {"model": "sft", "speedup": 6.0, "identical_fraction": 1.0})}
     assert not t["panacea step_time_ratio"]["met"] and t["panacea step_time_ratio"]["miss_by"] == pytest.approx(0.061, abs=1e-3)
-    assert t["panacea peak_memory_ratio"]["met"] and t["generation speedup"]["met"]
+    assert t["panacea peak_memory_ratio"]["met"] and t["generation speedup (sft model)"]["met"]
 
 
 def test_bench_cli_end_to_end(tiny_dir, tmp_path, capsys):
@@ -91,6 +91,8 @@ def test_bench_cli_end_to_end(tiny_dir, tmp_path, capsys):
         assert 0 <= r["harmful_score"] <= 100
     g = res["generation_speedup"]
     assert g["prompts"] == 4 and g["speedup"] > 0 and 0 <= g["identical_fraction"] <= 1
+    assert 0 < g["batched_prefill_seconds"] and 0 <= g["finished_row_steps_fraction"] < 1
+    assert g["model"] == "sft" and [x["model"] for x in g["other_models"]] == ["aligned"]
     assert res["safety_coefficients"][0]["stage"] == "panacea"
     for f in ("report.md", "hs_vs_fa.png", "overhead.png", "safety_coefficients_panacea.png"):
         assert (out / f).stat().st_size > 100, f
@@ -144,3 +146,44 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     assert main(["bench", str(cfg), "--out", str(tmp_path / "o"), "--bogus"]) == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_finished_row_steps_by_hand():
+    from panacea.bench import finished_row_steps
+
+    # batch 2, longest prompts first: batches (prompt 2, prompt 0) and (prompt 1, prompt 3)
+    prompt_lens, steps = [5, 3, 9, 1], [4, 10, 2, 10]
+    # batch 1: max(2, 4) = 4 → 8 row-steps, 6 used; batch 2: max(10, 10) → 20, 20 used
+    assert finished_row_steps(prompt_lens, steps, 2) == pytest.approx(1 - 26 / 28)
+    assert finished_row_steps(prompt_lens, steps, 4) == pytest.approx(1 - 26 / 40)
+    assert finished_row_steps(prompt_lens, steps, 1) == 0.0
+    assert finished_row_steps([], [], 4) == 0.0
+
+
+def test_ablation_findings_by_hand():
+    from panacea.bench import ablation_findings
+
+    def row(method, option, value, base, hs, fa, orr, **kw):
+        return {"method": method, "option": option, "value": value, "base": base, "variant": f"{method}@{option}-{value}",
+                "harmful_score": hs, "finetune_accuracy": fa, "over_refusal": orr, **kw}
+
+    abl = [row("panacea", "perturb_every", 1, True, 40.0, 90.0, 5.0, train_seconds=100.0, step_time_ratio=1.8,
+               clamp_active_fraction=0.0),
+           row("panacea", "perturb_every", 4, False, 50.0, 88.0, 5.0, train_seconds=60.0, step_time_ratio=1.1,
+               clamp_active_fraction=0.5),
+           row("panacea", "rho", 0.8, True, 40.0, 90.0, 5.0), row("panacea", "rho", 1.6, False, 10.0, 60.0, 10.0),
+           row("panacea", "rho", 3.2, False, 0.0, 30.0, 15.0), row("panacea", "rho", 6.4, False, 0.0, 20.0, 40.0),
+           row("panacea", "lam", 0.001, True, 40.0, 90.0, 5.0), row("panacea", "lam", 1.0, False, 0.0, 70.0, 0.0),
+           row("ascent", "rho", 1.6, False, 60.0, 90.0, 0.0)]
+    rows = [{"method": "panacea", "harmful_score": 40.0, "finetune_accuracy": 90.0},
+            {"method": "ascent", "harmful_score": 70.0, "finetune_accuracy": 91.0}]
+    f = ablation_findings(abl, rows, {"panacea": 0.8, "ascent": 0.8})
+    assert "panacea perturb_every 4 (vs 1): fine-tuning time 60 s vs 100 s (40 % saved), step 1.10× SFT vs 1.80×; " \
+           "HS +10.0, FA -2.0 points." in f
+    assert "panacea ρ sweep: over-refusal passes 20 % at ρ = 6.4 (OR 40.0 %, HS 0.0, FA 20.0)." in f
+    assert any(x.startswith("panacea ρ sweep: task accuracy falls below half the base's at ρ = 3.2 (FA 30.0 vs 90.0")
+               and x.endswith("before over-refusal passes 20 %.") for x in f)
+    assert "panacea lam: 0.001 (base) → HS 40.0, FA 90.0; 1.0 → HS 0.0, FA 70.0." in f
+    assert any(x.startswith("Panacea vs one-shot ascent") and "ρ 0.8: HS 40.0 vs 70.0" in x and "ρ 1.6: HS 10.0 vs 60.0" in x
+               for x in f)
+    assert any(x.startswith("Clamp") and "panacea@perturb_every-4 50 %" in x for x in f)

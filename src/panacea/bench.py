@@ -32,7 +32,8 @@ Outputs in ``--out`` (default ``bench_results/``):
   ``finetune_accuracy``, ``over_refusal``, ``step_seconds``, ``step_time_ratio`` and
   ``peak_memory_ratio`` relative to SFT of the same stage in the same run, or ``apply_seconds``
   for one-shot post defenses), ``generation_speedup`` (batched vs one-prompt-at-a-time greedy
-  generation, same answers), ``safety_coefficients`` (Panacea's ε per layer), ``targets``,
+  generation, same answers, on the undefended fine-tuned model; the aligned model's under
+  ``other_models``), ``safety_coefficients`` (Panacea's ε per layer), ``targets``,
   ``ablations``, ``findings``, ``scaling``, ``profiles``;
 * ``report.md`` and PNG plots (HS vs FA with the ablation points, overhead bars, scaling, safety
   coefficients);
@@ -191,8 +192,16 @@ def _ablations(bench: dict, methods: list[dict], variants: dict, runs: dict, pos
 PASSES = {"sft": 1, "booster": 3, "panacea": 3, "vaccine": 2, "repnoise": 2, "lisa": 1, "safety_mix": 1.2}
 
 
-def estimate_seconds(cfg: ExperimentConfig, plan, step_seconds: float, eval_seconds: float) -> float:
-    """Rough wall time from a measured SFT step and a measured evaluation, before anything runs."""
+#: seconds to build a model (load + adapters) before each stage and each evaluation, on 2 CPU cores
+LOAD_SECONDS = 3.0
+
+
+def estimate_seconds(cfg: ExperimentConfig, plan, step_seconds: float, eval_seconds: float,
+                     n_gen: int = 16, scaling: dict | None = None) -> float:
+    """Rough wall time from a measured SFT step and a measured evaluation, before anything runs:
+    training steps × passes, one-shot post defenses as one pass over their harmful data, model
+    builds, evaluations, the generation-speed test (two models, each ≈ 1.5 evaluations per 16
+    prompts: the one-at-a-time half dominates) and the scaling sweep (steps × passes × L / max_length)."""
     import math
 
     a = cfg.alignment
@@ -202,29 +211,54 @@ def estimate_seconds(cfg: ExperimentConfig, plan, step_seconds: float, eval_seco
     ft_steps = math.ceil(cfg.finetune.data.n / ft.per_device_train_batch_size) * ft.num_train_epochs
     total = 0.0
     for entry, *_ in plan.aligns.values():
-        total += align_steps * step_seconds * PASSES.get(entry.name, 2)
+        total += align_steps * step_seconds * PASSES.get(entry.name, 2) + LOAD_SECONDS
     for entry, opts, *_ in plan.runs.values():
         passes = PASSES.get(entry.name, 2)
         k = getattr(opts, "perturb_every", 1)  # Panacea: the full 3 passes on every k-th step only
-        total += ft_steps * step_seconds * (passes + k - 1) / k
-    total += len(plan.variants) * eval_seconds
+        total += ft_steps * step_seconds * (passes + k - 1) / k + LOAD_SECONDS
+    for entry, opts in plan.posts.values():
+        data = getattr(opts, "harmful_data", None)  # gradient-based post defenses: one pass over it
+        total += LOAD_SECONDS + (math.ceil((data.n or 100) / ft.per_device_train_batch_size) * step_seconds if data else 0)
+    total += len(plan.variants) * (eval_seconds + LOAD_SECONDS)
+    total += 2 * (1.5 * eval_seconds * n_gen / 16 + LOAD_SECONDS)
+    if scaling:
+        for m in scaling["methods"]:
+            for L in scaling["seq_lengths"]:
+                per = step_seconds * PASSES.get(m, 2) * L / cfg.model.max_length
+                total += len(scaling["ranks"]) * ((scaling["steps"] + scaling["warmup"]) * per + LOAD_SECONDS)
     return total
 
 
 # --------------------------------------------------------------------------- generation speed
 
 
+def finished_row_steps(prompt_lens: list[int], steps: list[int], batch_size: int) -> float:
+    """Share of batched decode row-steps spent on rows whose answer had ended: ``generate`` batches
+    prompts longest first and decodes each batch until its longest answer ends; ``steps[i]`` is
+    the decode steps answer i needed (its tokens + the end token, at most max_new_tokens)."""
+    order = sorted(range(len(prompt_lens)), key=lambda i: -prompt_lens[i])
+    total = useful = 0
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        total += len(idx) * max(steps[i] for i in idx)
+        useful += sum(steps[i] for i in idx)
+    return 1 - useful / total if total else 0.0
+
+
 def generation_speedup(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> dict:
     """Tokens per second of batched greedy generation (eval/generate.py) vs one prompt at a time
     without padding (what the reference evaluators do, protocol.md §7), and whether the answers
-    are identical."""
+    are identical. Also where the batched time goes: the prefill (timed by generating one token
+    per prompt; compute-bound, so batching saves little there) and the share of decode row-steps
+    spent on rows whose answer had already ended (static batching decodes every row of a batch
+    until its longest answer ends)."""
     import torch
 
     from .data.templates import encode_prompt
     from .eval.generate import generate
 
-    def count(texts):
-        return sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+    def n_tokens(text):
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
 
     t0 = time.perf_counter()
     single = []
@@ -239,11 +273,17 @@ def generation_speedup(model, tokenizer, prompts: list[str], max_new_tokens: int
     t0 = time.perf_counter()
     batched = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False)
     t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generate(model, tokenizer, prompts, 1, batch_size, progress=False)  # the prefill alone
+    t_prefill = time.perf_counter() - t0
     same = sum(a == b for a, b in zip(single, batched))
-    n_single, n_batched = count(single), count(batched)
+    lens = [n_tokens(t) for t in batched]
+    n_single, n_batched = sum(n_tokens(t) for t in single), sum(lens)
     tps_single, tps_batched = n_single / t_single, n_batched / t_batched
     # same answers → same tokens; when a model answers nothing at all, compare wall times
     speedup = tps_batched / tps_single if n_single and n_batched else t_single / t_batched
+    prompt_lens = [len(encode_prompt(tokenizer, p)) for p in prompts]
+    wasted = finished_row_steps(prompt_lens, [min(n + 1, max_new_tokens) for n in lens], batch_size)
     return {
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
@@ -253,6 +293,9 @@ def generation_speedup(model, tokenizer, prompts: list[str], max_new_tokens: int
         "speedup": round(speedup, 2),
         "one_at_a_time_seconds": round(t_single, 3),
         "batched_seconds": round(t_batched, 3),
+        "batched_prefill_seconds": round(t_prefill, 3),
+        "mean_answer_tokens": round(n_batched / max(len(prompts), 1), 1),
+        "finished_row_steps_fraction": round(wasted, 3),
         "identical_answers": same,
         "identical_fraction": round(same / max(len(prompts), 1), 4),
     }
@@ -383,6 +426,20 @@ def ablation_findings(abl: list[dict], rows: list[dict], rhos: dict | None = Non
                            f"{_fmt(over['finetune_accuracy'])})." if over else
                            f"{method} ρ sweep: over-refusal stays ≤ {over_refusal_limit:.0f} % up to ρ = {pts[-1]['value']} "
                            f"(OR {pts[-1]['over_refusal']:.1f} %); extend bench.ablations.{method}.rho to find where it passes.")
+                # a large ρ can break the model (degenerate answers: neither refusals nor task answers)
+                # before it over-refuses: say where task accuracy falls below half the base's
+                fa0 = base.get("finetune_accuracy") if base else None
+                broken = next((a for a in pts if fa0 and a.get("finetune_accuracy") is not None
+                               and a["finetune_accuracy"] < fa0 / 2), None)
+                if broken and (not over or _num(broken["value"]) <= _num(over["value"])):
+                    out.append(f"{method} ρ sweep: task accuracy falls below half the base's at ρ = {broken['value']} "
+                               f"(FA {_fmt(broken['finetune_accuracy'])} vs {_fmt(fa0)} at ρ = {base['value']}; HS "
+                               f"{_fmt(broken['harmful_score'])}, OR {broken['over_refusal']:.1f} %)"
+                               f"{' before over-refusal passes ' + format(over_refusal_limit, '.0f') + ' %' if not over or broken is not over else ''}.")
+        elif option != "perturb_every" and base and len(g) > 1:  # any other option: its points vs the base
+            out.append(f"{method} {option}: " + "; ".join(
+                f"{a['value']}{' (base)' if a['base'] else ''} → HS {_fmt(a['harmful_score'])}, FA "
+                f"{_fmt(a['finetune_accuracy'])}" for a in g) + ".")
     # Panacea vs one-shot ascent at the same ρ: the main rows (when their ρ agree) and every ρ both swept
     by_rho: dict = {}
     for m in ("panacea", "ascent"):
@@ -422,7 +479,7 @@ def check_targets(rows: list[dict], gen: dict | None) -> list[dict]:
                             "miss_by": None if v is None or v <= TARGETS[key] else round(v / TARGETS[key] - 1, 3)})
     if gen:
         v = gen["speedup"]
-        out.append({"what": "generation speedup", "target": f"≥ {TARGETS['generation_speedup']}×", "value": v,
+        out.append({"what": f"generation speedup ({gen.get('model', 'aligned')} model)", "target": f"≥ {TARGETS['generation_speedup']}×", "value": v,
                     "met": v >= TARGETS["generation_speedup"] and gen["identical_fraction"] == 1.0,
                     "miss_by": None if v >= TARGETS["generation_speedup"] else round(1 - v / TARGETS["generation_speedup"], 3)})
     return out
@@ -527,10 +584,21 @@ def report_md(results: dict) -> str:
         L.append(f"| {t['what']} | {t['target']} | {_fmt(t['value'], 2)} | {'yes' if t['met'] else 'no' + miss} |")
     g = results.get("generation_speedup")
     if g:
-        L += ["", f"Generation: {g['prompts']} prompts × {g['max_new_tokens']} new tokens, batched (batch "
-              f"{g['batch_size']}, left padding, KV cache) {g['batched_tokens_per_second']} tok/s vs one prompt at "
-              f"a time {g['one_at_a_time_tokens_per_second']} tok/s: {g['speedup']}×; identical greedy answers "
-              f"{g['identical_answers']}/{g['prompts']}."]
+        L += ["", "Generation: batched greedy (eval/generate.py: left padding, KV cache) vs one prompt at a time "
+              "(the reference evaluators), same prompts, same greedy decoding; the target is judged on the first row.",
+              "", "| model | prompts × new tokens | batch | batched tok/s | one at a time tok/s | speedup | identical | "
+              "mean answer tokens | prefill s / batched s | finished-row steps |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for x in [g] + list(g.get("other_models") or []):
+            L.append(f"| {x.get('model', 'aligned')} | {x['prompts']} × {x['max_new_tokens']} | {x['batch_size']} | "
+                     f"{x['batched_tokens_per_second']} | {x['one_at_a_time_tokens_per_second']} | {x['speedup']}× | "
+                     f"{x['identical_answers']}/{x['prompts']} | {x.get('mean_answer_tokens', '—')} | "
+                     f"{x.get('batched_prefill_seconds', '—')} / {x['batched_seconds']} | "
+                     f"{_fmt(100 * x['finished_row_steps_fraction'], 0) + ' %' if 'finished_row_steps_fraction' in x else '—'} |")
+        L += ["", "Where the batched time goes: the prefill (timed by generating one token per prompt) is "
+              "compute-bound, so batching saves little there; the decode steps are what batching makes cheap. "
+              "Static batching decodes a batch until its longest answer ends, so rows whose answer ended early "
+              "(finished-row steps) are wasted work. Long answers (the fine-tuned model's, or the papers' 512 new "
+              "tokens) raise the ratio; short refusals lower it."]
     abl = results.get("ablations") or []
     if abl:
         L += ["", "## Ablations the paper leaves open", "",
@@ -611,25 +679,36 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     ctx = Context(cfg, tok)
     say(f"[bench] {len(methods)} methods, {len(plan.variants)} evaluated variants; probing this machine …")
     probe_step, probe_eval = _probe(cfg, ctx)
-    est = estimate_seconds(cfg, plan, probe_step, probe_eval)
+    by_method = {m["method"]: m for m in methods}
+    spec = _scaling_spec(bench.get("scaling"), by_method)
+    n_gen = int(bench.get("generation_prompts", 16))
+    est = estimate_seconds(cfg, plan, probe_step, probe_eval, n_gen, spec)
     say(f"[bench] expected wall time ≈ {est / 60:.0f} min (SFT step {probe_step:.2f} s, one evaluation ≈ {probe_eval:.0f} s)")
 
     metrics = run_experiment(cfg, force=False)
     rows = collect(metrics, methods)
-    by_method = {m["method"]: m for m in methods}
     abl = collect_ablations(metrics, bench["_ablations"], rows, bench)
     rhos = {m: _base_value(bench, by_method[m], "rho") for m in ("panacea", "ascent") if m in by_method}
     findings = ablation_findings(abl, rows, rhos)
 
     say("[bench] generation speed: batched vs one prompt at a time")
-    n_gen = int(bench.get("generation_prompts", 16))
-    model = models.build(cfg.model, cfg.lora, [Path(cfg.output_dir) / "alignment" / "adapter"], new_adapter=False)
+    # on the undefended fine-tuned model (`sft`), which the target is judged on: most evaluated
+    # variants are fine-tuned models, whose answers to harmful prompts run long. Also on the
+    # aligned model, whose short refusals leave the prefill dominant (README, `panacea bench`)
+    run = Path(cfg.output_dir)
+    chains = {"sft": ([run / "alignment" / "adapter"] if plan.adapter_mode["sft"] == "merge_new" else [])
+                     + [run / "finetune" / "sft" / "adapter"],
+              "aligned": [run / "alignment" / "adapter"]}
     prompts = [ctx.format(ex) for ex in ctx.examples(cfg.eval.harmful, "eval.harmful")[:n_gen]]
-    gen = generation_speedup(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    del model
+    measured = {}
+    for name, chain in chains.items():
+        model = models.build(cfg.model, cfg.lora, chain, new_adapter=False)
+        measured[name] = {"model": name, **generation_speedup(model, tok, prompts, cfg.eval.max_new_tokens,
+                                                               cfg.eval.batch_size)}
+        del model
+    gen = {**measured["sft"], "other_models": [measured["aligned"]]}
 
     scaling = None
-    spec = _scaling_spec(bench.get("scaling"), by_method)
     if spec:
         from .scaling import fit_growth, scaling_sweep
 

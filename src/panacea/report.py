@@ -111,9 +111,10 @@ def format_bench(results: dict) -> str:
             lines.append("  ".join("-" * w for w in widths))
     g = results.get("generation_speedup")
     if g:
-        lines.append(f"generation: batched {g['batched_tokens_per_second']} tok/s vs one at a time "
-                     f"{g['one_at_a_time_tokens_per_second']} tok/s = {g['speedup']}× "
-                     f"({g['identical_answers']}/{g['prompts']} identical answers)")
+        for x in [g] + list(g.get("other_models") or []):
+            lines.append(f"generation ({x.get('model', 'aligned')} model): batched {x['batched_tokens_per_second']} tok/s "
+                         f"vs one at a time {x['one_at_a_time_tokens_per_second']} tok/s = {x['speedup']}× "
+                         f"({x['identical_answers']}/{x['prompts']} identical answers)")
     for t in results.get("targets", []):
         lines.append(f"target {t['what']} {t['target']}: {_f(t['value'], 2)} {'met' if t['met'] else 'MISSED'}")
     for f in results.get("findings") or []:
