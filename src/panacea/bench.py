@@ -576,7 +576,9 @@ def report_md(results: dict) -> str:
           "incoherent; FA: task accuracy; OR: % of benign prompts refused. Alignment-stage methods are "
           "scored after the same poisoned fine-tuning (`<method>+sft`); overhead ratios are per training "
           "step against SFT of the same stage, measured in this run. Peak memory is the process's peak "
-          "RSS on a CPU (includes the model), CUDA max-allocated on a GPU.", "",
+          "RSS on a CPU (includes the model, and heap the C allocator keeps after tensors are freed: "
+          "`MALLOC_MMAP_THRESHOLD_=65536` in the environment removes that retention at the cost of slower "
+          "steps; README, `panacea bench`), CUDA max-allocated on a GPU.", "",
           "![HS vs FA](hs_vs_fa.png)", "", "![overhead](overhead.png)", "", "## Targets", "",
           "| what | target | measured | met |", "|---|---|---|---|"]
     for t in results["targets"]:
