@@ -113,6 +113,17 @@ def test_bench_cli_end_to_end(tiny_dir, tmp_path, capsys):
     assert main(["plot", str(out / "results.json")]) == 0 and (out / "hs_vs_fa.png").exists()
     assert main(["bench", str(cfg), f"model.name_or_path={tiny_dir}", "--out", str(out)]) == 2
     assert "already holds bench results" in capsys.readouterr().err
+    # --resume: every stage and evaluation is verified and kept, the bench's own measurements rerun
+    first = json.loads((out / "results.json").read_text())
+    assert main(["bench", str(cfg), f"model.name_or_path={tiny_dir}", "--quick", "--out", str(out), "--resume",
+                 "bench.scaling=null", "bench.profile=never"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing to do" in text and "--resume skips what is finished" in text
+    again = json.loads((out / "results.json").read_text())
+    assert again["resumed"] and not first["resumed"] and again["methods"] == first["methods"]
+    assert "of the resuming invocation" in (out / "report.md").read_text()
+    assert main(["bench", str(cfg), "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no interrupted bench" in capsys.readouterr().err
 
 
 def test_bench_section_is_validated_before_anything_runs(tmp_path):

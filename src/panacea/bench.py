@@ -562,6 +562,7 @@ def report_md(results: dict) -> str:
          f"Machine: {results['machine'].get('platform')}, {results['machine'].get('cpus')} CPUs"
          f"{', ' + results['machine']['cuda'] if results['machine'].get('cuda') else ''}; torch "
          f"{results['machine'].get('torch')}. Wall time {results['wall_seconds']:.0f} s"
+         f"{' of the resuming invocation (earlier stages ran before it)' if results.get('resumed') else ''}"
          f"{' (--quick)' if results.get('quick') else ''}. Rerun: `{results['command']}`.", "",
          "## Every defense after the same attack", "",
          "| method | stage | variant | HS [95% CI] | HS+ | FA | OR | step s | time ×SFT | memory ×SFT | apply s |",
@@ -685,7 +686,8 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     spec = _scaling_spec(bench.get("scaling"), by_method)
     n_gen = int(bench.get("generation_prompts", 16))
     est = estimate_seconds(cfg, plan, probe_step, probe_eval, n_gen, spec)
-    say(f"[bench] expected wall time ≈ {est / 60:.0f} min (SFT step {probe_step:.2f} s, one evaluation ≈ {probe_eval:.0f} s)")
+    say(f"[bench] expected wall time ≈ {est / 60:.0f} min (SFT step {probe_step:.2f} s, one evaluation ≈ {probe_eval:.0f} s)"
+        f"{'; for a fresh run: --resume skips what is finished' if resume else ''}")
 
     metrics = run_experiment(cfg, force=False)
     rows = collect(metrics, methods)
@@ -760,6 +762,7 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
         "profiles": profiles,
         "estimated_seconds": round(est, 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
+        "resumed": resume,
         "run_dir": cfg.output_dir,
         "machine": machine(),
         "torch_threads": torch.get_num_threads(),

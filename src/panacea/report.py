@@ -104,7 +104,8 @@ def format_bench(results: dict) -> str:
                       _f(r.get("peak_memory_ratio"), 2), _f(r.get("apply_seconds"), 1)])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     lines = [f"bench: {results['name']}{' (--quick)' if results.get('quick') else ''}  "
-             f"(wall {results['wall_seconds']:.0f} s, estimated {results.get('estimated_seconds', 0):.0f} s)"]
+             f"(wall {results['wall_seconds']:.0f} s{' resuming' if results.get('resumed') else ''}, "
+             f"estimated {results.get('estimated_seconds', 0):.0f} s{' fresh' if results.get('resumed') else ''})"]
     for j, row in enumerate(table):
         lines.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if j == 0:
