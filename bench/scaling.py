@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from panacea import models
-from panacea.bench import _options, _scaling_spec, _stage_of, build
+from panacea.bench import _scaling_spec, build, scaling_methods
 from panacea.config import read_yaml
 from panacea.pipeline import Context
 from panacea.scaling import fit_growth, plot_scaling, scaling_report, scaling_sweep
@@ -34,9 +34,7 @@ def main() -> None:
     if not spec:
         raise SystemExit(f"{args.config}: no bench.scaling section")
     ctx = Context(cfg, models.load_tokenizer(cfg.model))
-    sweep = {m: (_stage_of(m, by_method) if m != "sft" else "finetune", m, _options(bench, m) if m != "sft" else {})
-             for m in spec["methods"]}
-    points = scaling_sweep(cfg, ctx, sweep, spec["seq_lengths"], spec["ranks"], steps=spec["steps"], warmup=spec["warmup"])
+    points = scaling_sweep(cfg, ctx, scaling_methods(spec, bench, by_method), spec["seq_lengths"], spec["ranks"], steps=spec["steps"], warmup=spec["warmup"])
     growth = fit_growth(points)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

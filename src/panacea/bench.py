@@ -260,11 +260,12 @@ def generation_speedup(model, tokenizer, prompts: list[str], max_new_tokens: int
     def n_tokens(text):
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     t0 = time.perf_counter()
     single = []
     with torch.inference_mode():
-        for p in prompts:
-            ids = torch.tensor([encode_prompt(tokenizer, p)])
+        for enc in encoded:
+            ids = torch.tensor([enc])
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id, use_cache=True)
@@ -282,8 +283,7 @@ def generation_speedup(model, tokenizer, prompts: list[str], max_new_tokens: int
     tps_single, tps_batched = n_single / t_single, n_batched / t_batched
     # same answers → same tokens; when a model answers nothing at all, compare wall times
     speedup = tps_batched / tps_single if n_single and n_batched else t_single / t_batched
-    prompt_lens = [len(encode_prompt(tokenizer, p)) for p in prompts]
-    wasted = finished_row_steps(prompt_lens, [min(n + 1, max_new_tokens) for n in lens], batch_size)
+    wasted = finished_row_steps([len(e) for e in encoded], [min(n + 1, max_new_tokens) for n in lens], batch_size)
     return {
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
@@ -717,8 +717,7 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
         from .scaling import fit_growth, scaling_sweep
 
         say(f"[bench] scaling sweep: {', '.join(spec['methods'])} × seq {spec['seq_lengths']} × rank {spec['ranks']}")
-        sweep_methods = {m: (_stage_of(m, by_method) if m != "sft" else "finetune", m,
-                             _options(bench, m) if m != "sft" else {}) for m in spec["methods"]}
+        sweep_methods = scaling_methods(spec, bench, by_method)
         points = scaling_sweep(cfg, ctx, sweep_methods, spec["seq_lengths"], spec["ranks"], steps=spec["steps"],
                                warmup=spec["warmup"])
         scaling = {**{k: spec[k] for k in ("seq_lengths", "ranks", "steps")}, "points": points,
@@ -779,6 +778,13 @@ def _stage_of(name: str, by_method: dict) -> str | None:
         if name in DEFENSES[stage]:
             return stage
     return None
+
+
+def scaling_methods(spec: dict, bench: dict, by_method: dict) -> dict:
+    """``panacea.scaling.scaling_sweep``'s methods: name → (stage, defense, bench options); SFT on
+    the fine-tuning stage with no options."""
+    return {m: (_stage_of(m, by_method), m, _options(bench, m)) if m != "sft" else ("finetune", "sft", {})
+            for m in spec["methods"]}
 
 
 def _scaling_spec(spec, by_method: dict) -> dict | None:

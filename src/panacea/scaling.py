@@ -25,8 +25,6 @@ trainers label their passes with ``record_function("<defense>/<pass>")``, time p
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import math
 import os
 import tempfile
@@ -41,7 +39,7 @@ from .config import ExperimentConfig, parse_options
 from .data.mixing import mix_poison
 from .errors import ConfigError
 from .registry import DEFENSES
-from .training import _reset_peak, _rss_peak_bytes, per_device_batch_size, training_arguments
+from .training import _reset_peak, _rss_peak_bytes, per_device_batch_size, release_freed_memory, training_arguments
 
 GB = 2**30
 Method = tuple[str, str, dict]  # (stage, defense name, options)
@@ -115,7 +113,7 @@ class _Step:
 
     def close(self) -> None:
         del self.trainer, self.model, self.batch
-        _free()
+        release_freed_memory()
 
 
 def _stage_examples(cfg: ExperimentConfig, ctx, stage: str) -> list:
@@ -149,19 +147,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    try:  # glibc keeps freed heap mapped; give it back so the next baseline RSS is the live memory
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _memory_baseline() -> int:
-    _free()
-    _reset_peak()  # VmHWM := current RSS; CUDA peak := current allocation
+    _reset_peak()  # frees what is freeable, then VmHWM := current RSS; CUDA peak := current allocation
     return torch.cuda.memory_allocated() if torch.cuda.is_available() else _rss_peak_bytes()
 
 

@@ -92,14 +92,17 @@ def _rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Collect garbage (a finished stage's Trainer and model sit in reference cycles until the
-    next collection) and hand freed heap pages back to the OS (glibc ``malloc_trim``), so the RSS a
-    stage starts from is what is alive, not what earlier stages left behind."""
+    next collection) and hand freed memory back (the CUDA cache; heap pages to the OS with glibc
+    ``malloc_trim``), so the RSS a stage starts from is what is alive, not what earlier stages
+    left behind."""
     import ctypes
     import gc
 
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): RSS then includes retained heap
@@ -109,7 +112,7 @@ def _release_freed_memory() -> None:
 def _reset_peak():
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    _release_freed_memory()
+    release_freed_memory()
     try:  # Linux: writing 5 resets VmHWM to the current RSS
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
