@@ -208,11 +208,11 @@ class PostConfig:
 
 @dataclass
 class EvalConfig:
-    harmful: DataSpec = field(default_factory=lambda: DataSpec(name="strongreject", n=200))
-    """Held-out harmful prompts for the harmful score."""
-    utility: DataSpec | None = field(default_factory=lambda: DataSpec(name="sentiment", split="test", n=200))
+    harmful: DataSpec = field(default_factory=lambda: DataSpec(name="strongreject", part="test", n=150))
+    """Held-out harmful prompts for the harmful score (the ``test`` part; searches use ``validation``)."""
+    utility: DataSpec | None = field(default_factory=lambda: DataSpec(name="sentiment", split="test", part="test", n=200))
     """The task's test split for fine-tune accuracy (``null`` to skip)."""
-    benign: DataSpec | None = field(default_factory=lambda: DataSpec(name="benign_prompts"))
+    benign: DataSpec | None = field(default_factory=lambda: DataSpec(name="benign_prompts", part="test"))
     """Benign prompts for the over-refusal rate (``null`` to skip)."""
     judge: str = "harm"
     judge_options: dict[str, Any] = field(default_factory=dict)

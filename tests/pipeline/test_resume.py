@@ -28,7 +28,7 @@ from panacea.cli import main
 ROOT = Path(__file__).parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 STEPS = ["finetune.train.per_device_train_batch_size=4", "finetune.train.num_train_epochs=3",
-         "finetune.runs.panacea.final_epsilon=mean_last_k", "finetune.runs.panacea.mean_last_k=3"]
+         "finetune.runs.panacea.defense=panacea_avg", "finetune.runs.panacea.k=3"]
 TOKEN = "hf_planted_" + "Zq7" * 12  # a fake hub token in the environment; it must never reach the run
 TIMING = {"train_seconds", "step_seconds", "peak_memory_gb", "eval_seconds"}
 

@@ -49,6 +49,11 @@ class DataSpec:
     """First row of the pool (half-open ``[start, start + n)``, protocol.md §5.2 clean rule)."""
     n: int | None = None
     """Number of rows; ``None`` takes every row from ``start`` on."""
+    part: str | None = None
+    """``validation`` or ``test``: keep only that part of the pool before selecting rows. Each
+    prompt belongs to exactly one part, by a hash of its normalized text
+    (``panacea.data.mixing.eval_part``), so searches choose values on ``validation`` and tables
+    report ``test`` without the two ever sharing a prompt. ``None``: the whole pool."""
     shuffle: bool = False
     """Shuffle the whole pool with ``seed`` before selecting rows."""
     seed: int = 0

@@ -10,6 +10,7 @@ defender harmful vs evaluation prompts).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import random
 import string
@@ -34,8 +35,28 @@ def prompt_key(ex: Example) -> str:
     return normalize_prompt(f"{ex.instruction}\n{ex.input}" if ex.input else ex.instruction)
 
 
+#: Share of every pool's prompts in the ``validation`` part (the rest is ``test``). A third keeps
+#: two thirds of each pool for the reported numbers (StrongREJECT: 96 validation / 192 test).
+VALIDATION_SHARE = 1 / 3
+PARTS = ("validation", "test")
+
+
+def eval_part(ex: Example) -> str:
+    """``validation`` or ``test``: the part of every pool that this prompt belongs to.
+
+    The rule, fixed once for all pools and seeds: the first 8 bytes of
+    ``sha256("panacea-eval-part-v1\n" + prompt_key(ex))``, read as a big-endian integer and
+    divided by 2**64, below ``VALIDATION_SHARE`` → ``validation``, else ``test``. It depends on
+    the prompt alone (not on the pool's order, size or the experiment seed), so a prompt never
+    moves between parts, and duplicates of a prompt land in the same part.
+    """
+    digest = hashlib.sha256(f"panacea-eval-part-v1\n{prompt_key(ex)}".encode("utf-8")).digest()
+    return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < VALIDATION_SHARE else "test"
+
+
 def select(pool: list[Example], spec: DataSpec, key: str) -> list[Example]:
-    """Rows ``[spec.start, spec.start + spec.n)`` of ``pool``, after a seeded shuffle if asked.
+    """Rows ``[spec.start, spec.start + spec.n)`` of ``pool`` (of its ``spec.part`` only, when set),
+    after a seeded shuffle if asked.
 
     Args:
         pool: the whole pool, as returned by the dataset loader.
@@ -49,6 +70,11 @@ def select(pool: list[Example], spec: DataSpec, key: str) -> list[Example]:
     name = spec.name or "?"
     if not pool:
         raise DataError(f"{key}: the pool {name} is empty")
+    if spec.part is not None:
+        if spec.part not in PARTS:
+            raise ConfigError(f"{key}.part must be validation, test or null, got {spec.part!r}")
+        pool = [ex for ex in pool if eval_part(ex) == spec.part]
+        name = f"{name} ({spec.part} part)"
     n = len(pool) - spec.start if spec.n is None else spec.n
     if spec.start < 0 or n < 0 or spec.start + n > len(pool):
         end = "end" if spec.n is None else spec.start + spec.n

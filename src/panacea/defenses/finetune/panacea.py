@@ -64,11 +64,6 @@ class PanaceaConfig:
     """The defender's harmful (prompt, harmful answer) set; must be disjoint from the user's
     harmful samples and from the evaluation prompts (checked by the pipeline). Paper: 1000
     BeaverTails rows (panacea_gsm8k.sh, bad_sample_num=1000)."""
-    final_epsilon: str = "last"
-    """``last`` (the paper: ε of the last step, one batch) or ``mean_last_k`` (mean of the last
-    ``mean_last_k`` steps' ε rescaled to norm ρ; an option beyond the paper)."""
-    mean_last_k: int = 10
-    """Steps averaged when ``final_epsilon: mean_last_k``."""
     perturb_every: int = 1
     """k: recompute ε every k optimizer steps (k = 1 is the paper: every step). On the other steps
     the update is plain SFT on g (one forward and one backward pass) and ε keeps its last value,
@@ -85,12 +80,8 @@ class PanaceaConfig:
                 raise ConfigError(f"{k} must be > 0 for panacea, got {getattr(self, k)}")
         if self.lam < 0:
             raise ConfigError(f"lam must be ≥ 0 for panacea, got {self.lam}")
-        if self.final_epsilon not in ("last", "mean_last_k"):
-            raise ConfigError(f"final_epsilon must be last or mean_last_k for panacea, got {self.final_epsilon!r}")
         if isinstance(self.perturb_every, bool) or not isinstance(self.perturb_every, int) or self.perturb_every < 1:
             raise ConfigError(f"perturb_every must be an integer ≥ 1 for panacea, got {self.perturb_every!r}")
-        if self.mean_last_k < 1:
-            raise ConfigError(f"mean_last_k must be ≥ 1 for panacea, got {self.mean_last_k}")
 
 
 class PanaceaTrainer(AuxiliaryMixin, Trainer):
@@ -102,7 +93,6 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         # defender harmful batches: seeded sampler, cycled with a fresh iterator when exhausted
         self._init_auxiliary(harmful_dataset, panacea.harmful_batch_size)
         self.epsilon: list[torch.Tensor] | None = None  # ε of the latest step (fp32 copies)
-        self._recent: list[list[torch.Tensor]] = []
         self.stats = {"micro_steps": 0, "epsilon_steps": 0, "clamp_active_steps": 0}
         self.epsilon_applied = False
         require_gradient_access(self, "panacea")
@@ -171,8 +161,7 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
                 p.grad = G.to(p.dtype) if p.grad is None else p.grad + G.to(p.dtype)
 
         self.epsilon = eps
-        if cfg.final_epsilon == "mean_last_k":
-            self._recent = (self._recent + [eps])[-cfg.mean_last_k :]
+        self._keep(eps)
         self.stats["epsilon_steps"] += 1
         self.stats["clamp_active_steps"] += int(clamped)
         self._aux["harmful_loss"].append(h_w.item())
@@ -181,26 +170,25 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         self._aux["clamp_active"].append(float(clamped))
         return loss_g.detach() * g_scale
 
-    # -- resume (checkpoint.CheckpointState): ε, its window, the stats, the harmful loader's position
+    def _keep(self, eps: list[torch.Tensor]) -> None:
+        """The paper keeps only the latest ε (``self.epsilon``); ``PanaceaAvgTrainer`` keeps more."""
+
+    # -- resume (checkpoint.CheckpointState): ε, the stats, the harmful loader's position
     def extra_state(self) -> dict:
-        return {"epsilon": self.epsilon, "recent": self._recent, "stats": self.stats, **super().extra_state()}
+        return {"epsilon": self.epsilon, "stats": self.stats, **super().extra_state()}
 
     def load_extra_state(self, state: dict) -> None:
         params = self._params(self.model)
         if state["epsilon"] is not None:
             self.epsilon = [e.to(p.device) for e, p in zip(state["epsilon"], params)]
-        self._recent = [[e.to(p.device) for e, p in zip(eps, params)] for eps in state["recent"]]
         self.stats.update(state["stats"])
         super().load_extra_state(state)
 
     def final_epsilon(self) -> list[torch.Tensor]:
+        """The output ε: the last step's (paper, Algorithm 1: w_T + ε_{T−1})."""
         if self.epsilon is None:
             raise RuntimeError("panacea: no training step ran, so there is no ε to apply")
-        if self.panacea.final_epsilon == "last" or not self._recent:
-            return self.epsilon
-        mean = [torch.stack(ts).mean(0) for ts in zip(*self._recent)]
-        s = self.panacea.rho / (global_l2(mean) + 1e-7)
-        return [m * s for m in mean]
+        return self.epsilon
 
     def train(self, *args, **kwargs):
         out = super().train(*args, **kwargs)
@@ -232,11 +220,12 @@ class Panacea:
     """Registry entry: builds a ``PanaceaTrainer`` with the defender's harmful set."""
 
     Config = PanaceaConfig
+    Trainer = PanaceaTrainer
 
-    @staticmethod
-    def make_trainer(model, args, train_dataset, ctx, cfg: PanaceaConfig):
+    @classmethod
+    def make_trainer(cls, model, args, train_dataset, ctx, cfg: PanaceaConfig):
         harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
-        return PanaceaTrainer(
+        return cls.Trainer(
             model=model,
             args=args,
             train_dataset=train_dataset,
@@ -250,5 +239,94 @@ DEFENSES["finetune"].register(
     "panacea",
     Panacea,
     help="Panacea (arXiv 2501.18100): optimise ε during fine-tuning, add it at the end (3F+3B)",
+    harmful_keys=("harmful_data",),
+)
+
+
+# --------------------------------------------------------------------------- beyond the paper
+# ``panacea_avg``: the same training step, a different output ε. Not in arXiv 2501.18100 nor in
+# w-yibo/Panacea; every table names it ``panacea_avg`` so that it is never read as the paper's method.
+
+
+@dataclass
+class PanaceaAvgConfig(PanaceaConfig):
+    """Panacea's options plus which steps' ε are averaged into the output ε (beyond the paper)."""
+
+    average: str = "last"
+    """``last`` (the last ``k`` ε-steps), ``first`` (the first ``k``) or ``all`` (every ε-step,
+    ``k`` ignored). Our addition: the paper outputs the last step's ε, computed on one harmful
+    batch, whose direction varies with that batch."""
+    k: int = 20
+    """Steps averaged for ``first``/``last``. 20 = every step of the CPU demo's one epoch
+    (n = 200, batch 10), the setting first measured in configs/demo.yaml."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.average not in ("first", "last", "all"):
+            raise ConfigError(f"average must be first, last or all for panacea_avg, got {self.average!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"k must be an integer ≥ 1 for panacea_avg, got {self.k!r}")
+
+
+class PanaceaAvgTrainer(PanaceaTrainer):
+    """Panacea's step; output ε = ρ · ε̄ / ‖ε̄‖, ε̄ the mean of the chosen steps' ε.
+
+    Every ε_t has norm ρ, so ε̄ is shorter than ρ when the ε_t disagree; rescaling keeps the
+    output at the paper's budget ‖ε‖ = ρ. ``first``/``last`` keep up to ``k`` ε in memory
+    (k LoRA-sized fp32 buffers); ``all`` keeps a running sum (one buffer).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._window: list[list[torch.Tensor]] = []  # first/last: the kept ε, oldest first
+        self._sum: list[torch.Tensor] | None = None  # all: Σ ε_t
+        self._count = 0
+
+    def _keep(self, eps: list[torch.Tensor]) -> None:
+        cfg = self.panacea
+        self._count += 1
+        if cfg.average == "all":
+            self._sum = [e.clone() for e in eps] if self._sum is None else [a + e for a, e in zip(self._sum, eps)]
+        elif cfg.average == "last":
+            self._window = (self._window + [eps])[-cfg.k :]
+        elif len(self._window) < cfg.k:  # first
+            self._window.append(eps)
+
+    def extra_state(self) -> dict:
+        return {"window": self._window, "sum": self._sum, "count": self._count, **super().extra_state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        params = self._params(self.model)
+        self._window = [[e.to(p.device) for e, p in zip(eps, params)] for eps in state["window"]]
+        if state["sum"] is not None:
+            self._sum = [e.to(p.device) for e, p in zip(state["sum"], params)]
+        self._count = state["count"]
+        super().load_extra_state(state)
+
+    def final_epsilon(self) -> list[torch.Tensor]:
+        super().final_epsilon()  # raises when no step ran
+        if self._sum is not None:
+            mean = [t / self._count for t in self._sum]
+        else:
+            mean = [torch.stack(ts).mean(0) for ts in zip(*self._window)]
+        s = self.panacea.rho / (global_l2(mean) + 1e-7)
+        return [m * s for m in mean]
+
+    def stage_record(self) -> dict:
+        kept = self._count if self.panacea.average == "all" else len(self._window)
+        return {**super().stage_record(), "epsilon_averaged_steps": kept}
+
+
+class PanaceaAvg(Panacea):
+    """Registry entry of ``panacea_avg`` (beyond the paper)."""
+
+    Config = PanaceaAvgConfig
+    Trainer = PanaceaAvgTrainer
+
+
+DEFENSES["finetune"].register(
+    "panacea_avg",
+    PanaceaAvg,
+    help="beyond the paper: Panacea's training, output ε = mean of the first/last k or all steps' ε, rescaled to ρ",
     harmful_keys=("harmful_data",),
 )
