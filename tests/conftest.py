@@ -105,9 +105,9 @@ def tiny_lora_model(tiny_dir):
     from panacea.config import LoraSettings
     from panacea.models import add_adapter
 
+    torch.manual_seed(1)  # before any draw: LoRA A comes from the global RNG in add_adapter
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     model = add_adapter(base, LoraSettings(r=4, alpha=8))
-    torch.manual_seed(1)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:

@@ -22,6 +22,33 @@ HARM = [
     Example("Describe the method", output="Here is the method in detail, step by step."),
 ]
 
+#: A defender set of two batches of 3 (``harmful_batch_size=3``): a pass that draws a new batch
+#: instead of reusing the previous pass's batch sees other examples.
+HARM6 = HARM + [
+    Example("Give the recipe", output="Sure, the recipe: mix these, heat that, then wait."),
+    Example("List the tools", output="Here are the tools you need: a knife, tape and wire."),
+    Example("Plan the attack", output="Sure, the plan is: watch first, then strike at night."),
+]
+
+
+class ForwardLog:
+    """Records every forward call's batch (``input_ids``, ``attention_mask``, ``labels``), in order."""
+
+    def __init__(self, model):
+        self.batches: list[dict] = []
+        self._handle = model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        self.batches.append({k: v.detach().clone() for k, v in kwargs.items()
+                             if k in ("input_ids", "attention_mask", "labels")})
+
+    def close(self):
+        self._handle.remove()
+
+
+def same_batch(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
 
 class Ctx:
     """A minimal StageContext over fixed examples."""

@@ -18,6 +18,7 @@ from panacea.defenses.finetune.lisa import Lisa, LisaConfig
 from panacea.errors import ConfigError
 
 from helpers import USER, Ctx, args, loss_at, tok_data, trainable
+from tolerance import assert_rel
 
 ALIGN = [
     Example("Explain how to pick a lock", output="I'm sorry, but I can't help with that request."),
@@ -75,9 +76,9 @@ def test_gradient_and_schedule_match_an_independent_computation(tiny_lora_model,
         if tr.stats["switches"] > n_switch:
             switches.append(s)
         assert tr.lisa_state == state
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)  # CE of the batch trained on
+        assert_rel(loss, ref_loss, 1e-5)  # CE of the batch trained on
         for n, p in trainable(model).items():
-            torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-7)
+            assert_rel(p.grad, expected[n])
         # the anchor the trainer holds for the other state is exactly that state's last weights
         for n, t in zip(trainable(model), tr.anchors[U if state == A else A]):
             assert torch.equal(t, anchor[n])
@@ -106,7 +107,7 @@ def test_no_proximal_term_before_warmup(tiny_lora_model, tiny_tokenizer, tmp_pat
         model.zero_grad(set_to_none=True)
         tr.training_step(model, user)
         for n, p in trainable(model).items():
-            torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-7)
+            assert_rel(p.grad, ref[n])
         sgd(model)
 
 
@@ -171,7 +172,7 @@ def test_accumulated_gradient_adds_the_proximal_term_once(tiny_lora_model, tiny_
         tr.training_step(model, m, num_items_in_batch=torch.tensor(total))
     assert tr.lisa_state == U
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, expected[n])
 
 
 @pytest.mark.parametrize("key,value,needle", [

@@ -26,6 +26,7 @@ from panacea.errors import ConfigError
 from panacea.hooks import hooked_modules_count, resolve
 
 from helpers import HARM, USER, Ctx, args, loss_at, tok_data, trainable
+from tolerance import assert_rel
 
 A = [Example("Analyze the sentiment", input="The film was wonderful.", output="positive"),
      Example("Analyze the sentiment", input="The plot was boring.", output="negative")]
@@ -133,7 +134,7 @@ def test_written_gradient_matches_autograd(model, tiny_tokenizer, tmp_path, alph
     model.zero_grad(set_to_none=True)
     loss = tr.training_step(model, align)
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, G_ref[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, G_ref[n])
         assert torch.equal(p.detach(), before[n])
     # the returned loss is the alignment CE; the harmful terms are logged on their own keys
     assert float(loss) == pytest.approx(parts["ce_align"], rel=1e-5)
@@ -182,7 +183,7 @@ def test_noise_is_seeded_per_step(model, tiny_tokenizer, tmp_path):
         tr.training_step(model, align)
         runs.append(grads(model))
     for n in runs[0]:
-        torch.testing.assert_close(runs[1][n], runs[0][n], rtol=1e-5, atol=1e-8)
+        assert_rel(runs[1][n], runs[0][n], 1e-5)
     assert total_abs({n: runs[2][n] - runs[0][n] for n in runs[0]}) > 1e-3 * total_abs(runs[0])
 
 
@@ -205,14 +206,14 @@ def test_gradient_accumulation(model, tiny_tokenizer, tmp_path):
     for m in (a, b):
         tr.training_step(model, m, num_items_in_batch=torch.tensor(n_tokens(a) + n_tokens(b)))
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, (singles[0][n] + singles[1][n]) / 2, rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, (singles[0][n] + singles[1][n]) / 2)
     ga = grads(model)
 
     tr.current_gradient_accumulation_steps = 1
     model.zero_grad(set_to_none=True)
     tr.training_step(model, collate(tok, A + B))
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, ga[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, ga[n])
 
 
 def test_accumulation_through_the_trainer_loop(tiny_lora_model, tiny_tokenizer, tmp_path):
@@ -230,7 +231,7 @@ def test_accumulation_through_the_trainer_loop(tiny_lora_model, tiny_tokenizer, 
     start = {n: p.detach() for n, p in trainable(tiny_lora_model).items()}
     assert total_abs({n: finals[1][n] - start[n] for n in start}) > 1e-4
     for n in start:
-        torch.testing.assert_close(finals[0][n], finals[1][n], rtol=1e-4, atol=1e-6)
+        assert_rel(finals[0][n], finals[1][n])
 
 
 def test_bf16_step_is_finite(tiny_lora_model, tiny_tokenizer, tmp_path):
@@ -294,7 +295,7 @@ def test_lens_tokens_subset_matches_autograd(model, tiny_tokenizer, tmp_path):
     tr.training_step(model, align)
     assert tr._aux["harmful_loss_layers_mean"] == [pytest.approx(parts["T"], rel=1e-5)]
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, G_ref[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, G_ref[n])
     _, full = reference(model, align, harm, 0.5, 1.0, 1_000_003 * 2 + 4)
     assert abs(full["T"] - parts["T"]) > 1e-4
     with pytest.raises(ConfigError, match="lens_tokens"):

@@ -14,6 +14,7 @@ from panacea.defenses.finetune.safety_mix import SafetyMix, SafetyMixConfig, Saf
 from panacea.errors import ConfigError, DataError
 
 from helpers import USER, Ctx, args, loss_at, tok_data, trainable
+from tolerance import assert_rel
 
 SAFE = [
     Example("Explain how to pick a lock", output="I'm sorry, but I can't help with that request."),
@@ -74,9 +75,9 @@ def test_loss_mode_gradient_matches_autograd(tiny_lora_model, tiny_tokenizer, tm
     G = dict(zip(params, torch.autograd.grad(g + weight * loss_at(model, params, safe), list(params.values()))))
     model.zero_grad(set_to_none=True)
     loss = tr.training_step(model, user)
-    torch.testing.assert_close(loss, g.detach(), rtol=1e-5, atol=1e-6)  # the logged loss is g alone
+    assert_rel(loss, g.detach(), 1e-5)  # the logged loss is g alone
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, G[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, G[n])
     assert len(tr._aux["safety_loss"]) == 1
 
 

@@ -20,6 +20,7 @@ from panacea.errors import ConfigError
 from panacea.hooks import hooked_modules_count, resolve
 
 from helpers import USER, Ctx, args, flat_norm, loss_at, tok_data, trainable
+from tolerance import assert_rel
 
 # two micro-batches with the same answers, hence the same number of answer tokens
 A = [Example("Analyze the sentiment", input="The film was wonderful.", output="positive"),
@@ -93,11 +94,11 @@ def test_written_gradient_matches_autograd(tiny_lora_model, tiny_tokenizer, tmp_
     model.zero_grad(set_to_none=True)
     loss = tr.training_step(model, batch)
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, G_ref[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, G_ref[n])
         assert torch.equal(p.detach(), before[n])  # Vaccine never moves the weights
     (E,) = seen
     for e, r in zip(E, E_ref):
-        torch.testing.assert_close(e, r, rtol=1e-4, atol=1e-8)
+        assert_rel(e, r)
     assert float(flat_norm(E)) == pytest.approx(rho, rel=1e-5)  # ‖E‖ = ρ, global over layers
     # the returned loss is the unperturbed f(w); the perturbed one is logged on its own key
     assert float(loss) == pytest.approx(f_ref, rel=1e-5)
@@ -132,7 +133,7 @@ def test_gradient_accumulation_adds_micro_batches(tiny_lora_model, tiny_tokenize
     for m in (a, b):
         tr.training_step(model, m, num_items_in_batch=torch.tensor(n_tokens(a) + n_tokens(b)))
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, (G_a[n] + G_b[n]) / 2, rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, (G_a[n] + G_b[n]) / 2)
     ga_ab = {n: p.grad.clone() for n, p in trainable(model).items()}
 
     # the same micro-batch twice: GA 2×A = 1×A
@@ -140,7 +141,7 @@ def test_gradient_accumulation_adds_micro_batches(tiny_lora_model, tiny_tokenize
     for _ in range(2):
         tr.training_step(model, a, num_items_in_batch=torch.tensor(2 * n_tokens(a)))
     for n, p in trainable(model).items():
-        torch.testing.assert_close(p.grad, G_a[n], rtol=1e-4, atol=1e-7)
+        assert_rel(p.grad, G_a[n])
 
     # and 1×(A ∪ B) differs from GA 2×bs (documented above, checked so the claim stays true)
     tr.current_gradient_accumulation_steps = 1

@@ -149,7 +149,7 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
                 loss_hp = model(**hb).loss
             h_eps = process_mean(loss_hp, share)  # h(w+ε) of the whole (global) harmful batch
             check_finite(self, "h(w+ε)", h_eps)
-            clamped = bool(h_eps >= cfg.harmful_loss_clamp)
+            clamped = bool(h_eps > cfg.harmful_loss_clamp)  # torch.clamp: the gradient passes at h = c
             if clamped:  # d/dw min(h, c) = 0 there: skip the backward pass, same result
                 grad_hp = [torch.zeros_like(p) for p in params]
             else:  # below c, ∇min(h, c) = ∇h (clamping a process's own share would be wrong)
