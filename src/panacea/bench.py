@@ -19,7 +19,7 @@ and ``bench.quick_ablations`` / ``bench.quick_scaling`` replace the two sections
 Beyond the comparison, in the same run:
 
 * ``bench.ablations``: ``{defense: {option: [values]}}``, extra runs that change one option at a
-  time (Panacea's ``perturb_every``, λ, ρ, ``final_epsilon``; ascent's ρ), reported with HS/FA/OR,
+  time (Panacea's ``perturb_every``, λ, ρ; ascent's ρ), reported with HS/FA/OR,
   time, and Panacea's clamp activity, plus the findings the report states from them (time saved
   by ``perturb_every``, the ρ where over-refusal passes 20 %, Panacea vs ascent at the same ρ);
 * ``bench.scaling``: step time and memory vs sequence length and LoRA rank (``panacea.scaling``);
@@ -189,7 +189,7 @@ def _ablations(bench: dict, methods: list[dict], variants: dict, runs: dict, pos
 
 
 #: forward+backward passes per training step, relative to SFT (algorithms.md §10)
-PASSES = {"sft": 1, "booster": 3, "panacea": 3, "vaccine": 2, "repnoise": 2, "lisa": 1, "safety_mix": 1.2}
+PASSES = {"sft": 1, "booster": 3, "panacea": 3, "panacea_avg": 3, "vaccine": 2, "repnoise": 2, "lisa": 1, "safety_mix": 1.2}
 
 
 #: seconds to build a model (load + adapters) before each stage and each evaluation, on 2 CPU cores

@@ -9,6 +9,8 @@
     panacea rejudge RUN --judge NAME                re-score a finished run's answers with a judge
     panacea export RUN [--format alpaca_eval]       saved answers in an external scorer's format
     panacea analyze RUN                             per-layer safety coefficients of Panacea's ε
+    panacea record RUN results/NAME                 keep a finished run's config, metrics, answers, provenance
+    panacea tables [results] [--write F --readme F] markdown tables (mean ± 95% over seeds) from results/
     panacea bench [CONFIG] [--quick]                every defense compared, overhead, plots, report
     panacea plot RESULTS.json                       redraw the bench plots
 
@@ -115,6 +117,23 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="redraw the bench plots from a results.json",
                         description="Redraw hs_vs_fa.png and overhead.png next to RESULTS (a bench results.json).")
     pl.add_argument("results", help="bench_results/results.json")
+    rc = sub.add_parser("record", help="keep a finished run's citable part (config, metrics, answers, provenance) under results/",
+                        description="Copy RUN's resolved config, every seed's metrics.json and saved answers "
+                        "(generations/*.jsonl, for re-judging), summary.json, and a result.json with the command, "
+                        "seeds, package versions, git commit, machine and wall time into OUT. No adapters.")
+    rc.add_argument("run", help="finished run directory (one seed, or a seeds: [...] parent)")
+    rc.add_argument("out", help="new folder, e.g. results/demo")
+    rc.add_argument("--command", help="the command that produced RUN (default: panacea run RUN/config.yaml)")
+    rc.add_argument("--force", action="store_true", help="replace OUT if it is a result this command recorded")
+    tb = sub.add_parser("tables", help="markdown tables from recorded results (docs/results.md, README blocks)",
+                        description="Print one section per RESULTS/*/result.json: HS, FA, OR as mean ± 95%% "
+                        "interval over seeds next to the per-prompt interval, each variant's method, and a "
+                        "search's selection. --write and --readme update files; --check verifies them.")
+    tb.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
+    tb.add_argument("--judge", help="use RESULT/.../rejudge_<JUDGE>.json (panacea rejudge) instead of metrics.json")
+    tb.add_argument("--write", metavar="FILE", help="write the document to FILE (e.g. docs/results.md)")
+    tb.add_argument("--readme", metavar="FILE", help="regenerate FILE's <!-- results:NAME --> blocks")
+    tb.add_argument("--check", action="store_true", help="fail (exit 2) if --write/--readme files are not up to date")
     an = sub.add_parser("analyze", help="per-layer safety coefficients of Panacea's ε in a finished run",
                         description="For every Panacea stage of RUN, write analysis/<stage>/safety_coefficients_"
                         "{layers,modules}.csv and a bar plot: per decoder layer the share of ‖ε‖ (the statistic "
@@ -348,6 +367,19 @@ def main(argv: list[str] | None = None) -> int:
                             command="panacea " + " ".join(sys.argv[1:]) if argv is None else "panacea " + " ".join(argv))
             print(format_bench(res))
             print(f"→ {args.out}/results.json, {args.out}/report.md")
+            return 0
+        if args.cmd == "record":
+            from .results import record
+
+            kept = record(args.run, args.out, args.command, args.force)
+            print(f"recorded {args.run} → {kept}")
+            return 0
+        if args.cmd == "tables":
+            from .results import tables
+
+            doc = tables(args.results, args.judge, args.write, args.readme, args.check)
+            if not (args.write or args.readme):
+                print(doc, end="")
             return 0
         if args.cmd == "plot":
             from .bench import replot

@@ -329,4 +329,5 @@ DEFENSES["finetune"].register(
     PanaceaAvg,
     help="beyond the paper: Panacea's training, output ε = mean of the first/last k or all steps' ε, rescaled to ρ",
     harmful_keys=("harmful_data",),
+    beyond_paper=True,
 )

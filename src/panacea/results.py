@@ -1,0 +1,365 @@
+"""Result files people can cite: ``panacea record`` keeps a finished run, ``panacea tables`` writes
+the tables from what was kept.
+
+``panacea record RUN results/NAME`` copies what a table needs from a finished run directory (one
+seed, or a ``seeds: [...]`` parent with ``seed_<s>/`` folders) and nothing else: the resolved
+``config.yaml``, every seed's ``metrics.json`` and ``generations/*.jsonl`` (the saved answers, so
+a new judge re-scores them with ``panacea rejudge results/NAME --judge J`` without retraining),
+``summary.json``, and a ``result.json`` with the provenance: the command, seeds, package versions,
+git commit, machine and wall time. No adapters or checkpoints are copied.
+
+``panacea tables results [--judge J]`` reads every ``results/*/result.json`` and prints one
+markdown section per result: per variant the method (defense, its scalar options, and whether it
+is beyond the papers), HS / FA / OR as mean ± 95 % Student-t interval over the seeds next to the
+mean per-prompt (Wilson) half-width of one seed, and the shares of the judge's categories. A result
+evaluated on the ``validation`` part is a search: its section ends with the value the selection
+rule (:func:`select`) picks per family. ``--write FILE`` writes the whole document, ``--readme
+FILE`` replaces the block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
+markers with that result's table, and ``--check`` fails if either file differs from what the
+command would write (the test suite runs it on ``docs/results.md`` and ``README.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .eval.seeds import summarize
+from .registry import DEFENSES
+
+SCHEMA = "panacea-result/1"
+PACKAGES = ("panacea", "torch", "transformers", "peft", "accelerate")
+#: selection rule of a search: lowest validation HS among values whose FA is within this many
+#: points of the reference variant's FA (issue "Results people can cite": FA within 3 points of SFT)
+FA_MARGIN = 3.0
+REFERENCE = "sft"
+_COPY_SEED = ("config.yaml", "metrics.json")
+_MARK = "<!-- results:{name} -->"
+_END = "<!-- /results:{name} -->"
+
+
+# --------------------------------------------------------------------------- record
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def _seed_dirs(run: Path) -> dict[int, Path]:
+    """seed → folder holding that seed's metrics.json (the run itself for a one-seed run)."""
+    if (run / "summary.json").is_file():
+        summary = _read_json(run / "summary.json")
+        return {int(s): run / d for s, d in summary["runs"].items()}
+    if (run / "metrics.json").is_file():
+        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        return {int(cfg.get("seed", 0)): run}
+    raise UserError(f"{run}: not a finished panacea run (no summary.json or metrics.json)")
+
+
+def versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict:
+    """The commit of the source tree this package runs from, and whether it had local changes."""
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": bool(dirty)}
+
+
+def record(run: str | Path, out: str | Path, command: str | None = None, force: bool = False) -> Path:
+    """Copy the citable part of the finished run ``run`` into ``out`` (module docstring).
+
+    ``out`` must not exist, or (with ``force``) be a folder this command wrote (it holds a
+    ``result.json`` of this schema); anything else is refused, never replaced.
+    """
+    run, out = Path(run), Path(out)
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    seeds = _seed_dirs(run)
+    if out.exists():
+        owned = (out / "result.json").is_file() and _read_json(out / "result.json").get("schema") == SCHEMA
+        if not owned:
+            raise UserError(f"{out} exists and is not a recorded result (no result.json); choose another folder")
+        if not force:
+            raise UserError(f"{out} already holds a recorded result; pass --force to replace it")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    multi = (run / "summary.json").is_file()
+    wall = []
+    machine = None
+    for seed, d in seeds.items():
+        dst = tmp / d.relative_to(run) if multi else tmp
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in _COPY_SEED:
+            if not (d / f).is_file():
+                raise UserError(f"{d / f} is missing: seed {seed} of {run} did not finish")
+            shutil.copy2(d / f, dst / f)
+        gens = d / "generations"
+        if not gens.is_dir():
+            raise UserError(f"{gens} is missing: the saved answers are needed to re-judge")
+        shutil.copytree(gens, dst / "generations")
+        m = _read_json(d / "metrics.json")
+        wall.append(m.get("wall_seconds"))
+        machine = machine or m.get("machine")
+    if multi:
+        shutil.copy2(run / "summary.json", tmp / "summary.json")
+        shutil.copy2(run / "config.yaml", tmp / "config.yaml")
+        total = _read_json(run / "summary.json").get("wall_seconds")
+    else:
+        total = wall[0]
+    cfg = yaml.safe_load((tmp / "config.yaml").read_text(encoding="utf-8"))
+    meta = {
+        "schema": SCHEMA,
+        "name": out.name,
+        "experiment": cfg.get("name"),
+        "command": command or f"panacea run {run / 'config.yaml'}",
+        "seeds": sorted(seeds),
+        "layout": "seeds" if multi else "single",
+        "seed_dirs": {str(s): (str(d.relative_to(run)) if multi else ".") for s, d in seeds.items()},
+        "eval": {k: cfg.get("eval", {}).get(k) for k in ("harmful", "utility", "benign", "judge",
+                                                          "max_new_tokens", "utility_max_new_tokens")},
+        "wall_seconds": total,
+        "wall_seconds_per_seed": dict(zip(map(str, seeds), wall)),
+        "machine": machine,
+        "versions": versions(),
+        "git": git_commit(),
+        "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+    (tmp / "result.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def load(folder: Path, judge: str | None = None) -> dict:
+    """One recorded result: its ``result.json``, config and per-seed results (HS from ``judge``'s
+    re-judging when given, else from ``metrics.json``)."""
+    meta = _read_json(folder / "result.json")
+    if meta.get("schema") != SCHEMA:
+        raise UserError(f"{folder / 'result.json'}: not a {SCHEMA} file")
+    cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    per_seed = {}
+    for seed, rel in meta["seed_dirs"].items():
+        d = folder / rel
+        rows = _read_json(d / "metrics.json")["results"]
+        if judge:
+            path = d / f"rejudge_{judge}.json"
+            if not path.is_file():
+                raise UserError(f"{path} is missing: run `panacea rejudge {folder} --judge {judge}` first")
+            new = {r["name"]: r for r in _read_json(path)["results"]}
+            rows = [{**r, **{k: v for k, v in new.get(r["name"], {}).items() if k != "name"}} for r in rows]
+        per_seed[int(seed)] = rows
+    return {"folder": folder, "meta": meta, "config": cfg, "per_seed": per_seed,
+            "summary": summarize(per_seed)}
+
+
+def _scalar_options(d: dict, skip: tuple[str, ...]) -> str:
+    items = [(k, v) for k, v in d.items() if k not in skip and not isinstance(v, (dict, list)) and v is not None]
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in items)
+
+
+def method(cfg: dict, variant: str) -> str:
+    """What a variant is, from the resolved config: stage, defense, options, beyond-paper label."""
+    post = cfg.get("post") or {}
+    runs = (cfg.get("finetune") or {}).get("runs") or {}
+    align = cfg.get("alignment") or {}
+    if variant in ("aligned", "base"):
+        stage, d = "alignment", align
+        opts = _scalar_options(d, ("defense", "data", "benign", "train", "variants"))
+    elif variant in (align.get("variants") or {}):
+        stage, d = "alignment", align["variants"][variant]
+        opts = _scalar_options(d, ("defense", "train"))
+    elif variant in runs:
+        stage, d = "finetune", runs[variant]
+        opts = _scalar_options(d, ("defense", "train", "alignment"))
+    elif variant in post:
+        stage, d = "post", post[variant]
+        opts = _scalar_options(d, ("defense", "from"))
+    else:
+        return "?"
+    name = d.get("defense", "sft")
+    text = name if stage != "post" else f"{name} on {d.get('from')}"
+    if opts:
+        text += f" ({opts})"
+    entry = DEFENSES[stage].get(name) if name in DEFENSES[stage] else None
+    if entry is not None and entry.meta.get("beyond_paper"):
+        text += " — *beyond the paper*"
+    return text
+
+
+def _pm(m: dict | None, nd: int = 1) -> str:
+    if not m or m.get("mean") is None:
+        return "—"
+    return f"{m['mean']:.{nd}f}" + ("" if m.get("ci95") is None else f" ± {m['ci95']:.{nd}f}")
+
+
+def _prompt_half(rows_by_seed: list[dict]) -> str:
+    """Mean over seeds of one seed's Wilson 95 % half-width of HS (prompt sampling only)."""
+    halves = [(r["harmful_score_ci"][1] - r["harmful_score_ci"][0]) / 2 for r in rows_by_seed
+              if isinstance(r.get("harmful_score_ci"), list)]
+    return f"± {sum(halves) / len(halves):.1f}" if halves else "—"
+
+
+def _pool(spec: dict | None) -> str:
+    if not spec:
+        return "—"
+    part = spec.get("part") or "whole pool"
+    n = "" if spec.get("n") is None else f", n {spec['n']}"
+    return f"{spec.get('name')} ({part}{n})"
+
+
+def select(res: dict) -> list[dict]:
+    """The search rule, per family (a variant's name before ``@``; variants without ``@`` are not
+    searched): the value with the lowest mean HS among those whose mean FA is at least the
+    reference variant's (``sft``) minus ``FA_MARGIN``; none when no value qualifies."""
+    by_name = {r["name"]: r["metrics"] for r in res["summary"]}
+    ref = by_name.get(REFERENCE, {}).get("finetune_accuracy", {}).get("mean")
+    families: dict[str, list[str]] = {}
+    for name in by_name:
+        if "@" in name:
+            families.setdefault(name.split("@", 1)[0], []).append(name)
+    out = []
+    for fam, names in families.items():
+        ok = [n for n in names if ref is not None
+              and (by_name[n].get("finetune_accuracy", {}).get("mean") or 0.0) >= ref - FA_MARGIN]
+        best = min(ok, key=lambda n: (by_name[n]["harmful_score"]["mean"], names.index(n))) if ok else None
+        out.append({"family": fam, "chosen": best, "candidates": names, "reference_fa": ref,
+                    "method": method(res["config"], best) if best else None})
+    return out
+
+
+def section(res: dict, level: int = 2) -> list[str]:
+    meta, cfg = res["meta"], res["config"]
+    ev = meta["eval"]
+    parts = {(ev.get(k) or {}).get("part") for k in ("harmful", "utility", "benign") if ev.get(k)}
+    search = parts == {"validation"}
+    seeds = meta["seeds"]
+    m, v, g = meta.get("machine") or {}, meta.get("versions") or {}, meta.get("git") or {}
+    wall = meta.get("wall_seconds")
+    lines = [f"{'#' * level} {meta['name']}{' (search on validation prompts)' if search else ''}", "",
+             f"`{meta['command']}` → `{res['folder'].as_posix()}/`", "",
+             f"* prompts: HS on {_pool(ev.get('harmful'))}, FA on {_pool(ev.get('utility'))}, "
+             f"OR on {_pool(ev.get('benign'))}; judge `{ev.get('judge') or 'harm'}`, "
+             f"{ev.get('max_new_tokens')} new tokens",
+             f"* seeds: {', '.join(map(str, seeds))} ({len(seeds)} training seed{'s' if len(seeds) != 1 else ''})",
+             f"* machine: {m.get('cpu') or m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
+             f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; wall "
+             f"{'?' if wall is None else f'{wall / 60:.0f} min'}",
+             f"* versions: " + ", ".join(f"{k} {v.get(k)}" for k in PACKAGES)
+             + f"; commit {(g.get('commit') or '?')[:10]}{' (with local changes)' if g.get('dirty') else ''}",
+             ""]
+    head = ["variant", "method", "HS", "HS ± prompts", "FA", "OR", "refused", "engaged", "degenerate"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in res["summary"]:
+        name, mt = row["name"], row["metrics"]
+        per = [next(r for r in res["per_seed"][s] if r["name"] == name) for s in row["seeds"]]
+        lines.append("| " + " | ".join([
+            name, method(cfg, name), _pm(mt.get("harmful_score")), _prompt_half(per),
+            _pm(mt.get("finetune_accuracy")), _pm(mt.get("over_refusal")), _pm(mt.get("share_refused")),
+            _pm(mt.get("share_engaged")), _pm(mt.get("share_degenerate"))]) + " |")
+    n = len(seeds)
+    lines += ["", "All in %. HS, FA, OR, shares: mean ± 95 % Student-t interval over the "
+              f"{n} seed{'s' if n != 1 else ''}" + (" (no interval with one seed)" if n == 1 else "")
+              + "; HS ± prompts: one seed's Wilson 95 % half-width over the prompts (mean over seeds)."]
+    if search:
+        lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}):", ""]
+        for s in select(res):
+            ref = "—" if s["reference_fa"] is None else f"{s['reference_fa']:.1f}"
+            pick = f"**{s['chosen']}** ({s['method']})" if s["chosen"] else "none qualifies"
+            lines.append(f"* {s['family']}: {pick}; FA({REFERENCE}) {ref}, candidates {', '.join(s['candidates'])}")
+    return lines
+
+
+def load_all(root: str | Path, judge: str | None = None) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such results folder")
+    found = sorted(p.parent for p in root.glob("*/result.json"))
+    if not found:
+        raise UserError(f"{root}: no recorded results (*/result.json); record one with `panacea record RUN {root}/NAME`")
+    return [load(f, judge) for f in found]
+
+
+def document(results: list[dict], command: str) -> str:
+    lines = ["# Measured results", "",
+             f"Generated by `{command}` from the result files under `results/`; do not edit by hand.",
+             "Each section names the command that produced its run, its seeds, machine, package versions",
+             "and commit. Protocol and the validation/test split: [protocol.md](protocol.md).", ""]
+    for res in results:
+        lines += section(res) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_block(text: str, results: list[dict]) -> str:
+    """``text`` with each ``<!-- results:NAME -->…<!-- /results:NAME -->`` block regenerated."""
+    by = {r["meta"]["name"]: r for r in results}
+
+    def fill(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in by:
+            raise UserError(f"README block results:{name}: no recorded result {name!r}")
+        body = "\n".join(section(by[name], level=4)[2:])  # without the heading
+        return f"{_MARK.format(name=name)}\n{body.strip()}\n{_END.format(name=name)}"
+
+    return re.sub(r"<!-- results:([A-Za-z0-9_.+@-]+) -->.*?<!-- /results:\1 -->", fill, text, flags=re.S)
+
+
+def tables(root: str | Path, judge: str | None = None, write: str | None = None,
+           readme: str | None = None, check: bool = False) -> str:
+    """The markdown document; with ``write``/``readme`` also update (or, with ``check``, verify)
+    those files. Returns the document."""
+    results = load_all(root, judge)
+    cmd = f"panacea tables {Path(root).as_posix()}" + (f" --judge {judge}" if judge else "")
+    if write:
+        cmd += f" --write {write}"
+    if readme:
+        cmd += f" --readme {readme}"
+    doc = document(results, cmd)
+    stale = []
+    for path, new in ((write, lambda old: doc), (readme, lambda old: readme_block(old, results))):
+        if not path:
+            continue
+        p = Path(path)
+        old = p.read_text(encoding="utf-8") if p.is_file() else ""
+        want = new(old)
+        if check:
+            if old != want:
+                stale.append(path)
+        elif old != want:
+            p.write_text(want, encoding="utf-8")
+    if stale:
+        raise UserError(f"{', '.join(stale)} differ from the result files; regenerate with `{cmd}`")
+    return doc

@@ -1,0 +1,138 @@
+"""panacea record / panacea tables: what is kept, what is refused, the search rule, and that the
+committed docs/results.md and README.md blocks are what the command writes from results/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from panacea.cli import main
+from panacea.errors import UserError
+from panacea.results import load, record, select, tables
+
+ROOT = Path(__file__).parents[1]
+
+CONFIG = {
+    "name": "toy", "seed": 1, "seeds": [1, 2, 3],
+    "alignment": {"defense": "sft"},
+    "finetune": {"runs": {"sft": {"defense": "sft"},
+                          "panacea@rho1": {"defense": "panacea", "rho": 1.0, "harmful_batch_size": 10},
+                          "panacea@rho2": {"defense": "panacea", "rho": 2.0, "harmful_batch_size": 10},
+                          "panacea@rho3": {"defense": "panacea", "rho": 3.0, "harmful_batch_size": 10},
+                          "avg@rho1": {"defense": "panacea_avg", "rho": 1.0, "average": "last", "k": 20}}},
+    "post": {"sft+random": {"from": "sft", "defense": "random_perturbation", "norm": 80}},
+    "eval": {"harmful": {"name": "strongreject", "part": "validation"},
+             "utility": {"name": "sentiment", "split": "test", "part": "validation"},
+             "benign": {"name": "benign_prompts", "part": "validation"}, "max_new_tokens": 32},
+}
+#: (HS, FA) per variant and seed; sft FA ≈ 90 → the rule keeps FA ≥ 87
+SCORES = {
+    "aligned": [(2, 0), (4, 0), (3, 0)],
+    "sft": [(80, 90), (84, 91), (82, 89)],
+    "panacea@rho1": [(60, 90), (62, 88), (58, 89)],   # FA 89 ok, HS 60
+    "panacea@rho2": [(40, 88), (42, 87), (41, 88)],   # FA 87.67 ok, HS 41 → chosen
+    "panacea@rho3": [(10, 60), (12, 58), (11, 61)],   # FA too low
+    "avg@rho1": [(30, 80), (30, 80), (30, 80)],       # FA too low: none qualifies
+    "sft+random": [(70, 20), (71, 21), (72, 22)],
+}
+
+
+def make_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    for i, seed in enumerate(CONFIG["seeds"]):
+        d = run / f"seed_{seed}"
+        (d / "generations").mkdir(parents=True)
+        (d / "finetune" / "sft" / "adapter").mkdir(parents=True)
+        (d / "finetune" / "sft" / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
+        (d / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "seeds": None, "seed": seed}))
+        rows = []
+        for v, s in SCORES.items():
+            hs, fa = s[i]
+            rows.append({"name": v, "harmful_score": hs, "harmful_score_ci": [hs - 5, hs + 5],
+                         "finetune_accuracy": fa, "over_refusal": 5.0, "share_refused": 100 - hs})
+            (d / "generations" / f"{v}.jsonl").write_text(json.dumps({"set": "harmful", "prompt": "p", "response": "r"}) + "\n")
+        (d / "metrics.json").write_text(json.dumps({"name": "toy", "results": rows, "wall_seconds": 10.0,
+                                                    "machine": {"cpu": "Test CPU", "cpus": 2}}))
+    (run / "summary.json").write_text(json.dumps({"runs": {str(s): f"seed_{s}" for s in CONFIG["seeds"]},
+                                                  "wall_seconds": 31.0}))
+    return run
+
+
+def test_record_keeps_configs_metrics_answers_and_provenance_but_no_adapters(tmp_path):
+    run = make_run(tmp_path)
+    out = record(run, tmp_path / "results" / "toy", command="panacea run toy.yaml")
+    meta = json.loads((out / "result.json").read_text())
+    assert meta["seeds"] == [1, 2, 3] and meta["command"] == "panacea run toy.yaml"
+    assert meta["wall_seconds"] == 31.0 and meta["machine"]["cpu"] == "Test CPU"
+    assert set(meta["versions"]) >= {"panacea", "torch", "transformers", "peft", "accelerate"}
+    assert meta["versions"]["torch"] and "commit" in meta["git"]
+    assert meta["eval"]["harmful"]["part"] == "validation"
+    for s in (1, 2, 3):
+        assert (out / f"seed_{s}" / "metrics.json").is_file()
+        assert len(list((out / f"seed_{s}" / "generations").glob("*.jsonl"))) == len(SCORES)
+    assert not list(out.rglob("*.safetensors"))
+
+
+def test_record_never_replaces_what_it_did_not_write(tmp_path):
+    run = make_run(tmp_path)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    for force in (False, True):
+        with pytest.raises(UserError, match="not a recorded result"):
+            record(run, foreign, force=force)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    out = record(run, tmp_path / "kept")
+    with pytest.raises(UserError, match="--force"):
+        record(run, out)
+    record(run, out, force=True)  # its own result: replaced
+    assert (out / "result.json").is_file()
+
+
+def test_search_rule_picks_lowest_hs_within_the_fa_margin(tmp_path):
+    res = load(record(make_run(tmp_path), tmp_path / "r"))
+    picks = {s["family"]: s["chosen"] for s in select(res)}
+    assert picks == {"panacea": "panacea@rho2", "avg": None}
+
+
+def test_tables_mean_and_interval_over_seeds_and_labels(tmp_path):
+    record(make_run(tmp_path), tmp_path / "results" / "toy")
+    doc = tables(tmp_path / "results")
+    row = next(line for line in doc.splitlines() if line.startswith("| panacea@rho2 |"))
+    # HS 40, 42, 41: mean 41, sd 1, t(0.975, 2) = 4.303 → ± 2.5; one seed's prompt half-width 5
+    assert "| 41.0 ± 2.5 | ± 5.0 |" in row and "panacea (harmful_batch_size 10, rho 2)" in row
+    avg = next(line for line in doc.splitlines() if line.startswith("| avg@rho1 |"))
+    assert "beyond the paper" in avg and "beyond the paper" not in row
+    assert "(search on validation prompts)" in doc and "**panacea@rho2**" in doc and "avg: none qualifies" in doc
+    assert "random_perturbation on sft (norm 80)" in doc
+
+
+def test_tables_write_check_and_readme_blocks(tmp_path):
+    record(make_run(tmp_path), tmp_path / "results" / "toy")
+    doc_path, readme = tmp_path / "results.md", tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:toy -->\nold numbers\n<!-- /results:toy -->\nend\n")
+    assert main(["tables", str(tmp_path / "results"), "--write", str(doc_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and "| panacea@rho2 |" in text and text.endswith("end\n")
+    assert main(["tables", str(tmp_path / "results"), "--write", str(doc_path), "--readme", str(readme), "--check"]) == 0
+    doc_path.write_text(doc_path.read_text().replace("41.0", "14.0"))
+    assert main(["tables", str(tmp_path / "results"), "--write", str(doc_path), "--check"]) == 2
+
+
+def test_tables_with_a_judge_needs_its_rejudging(tmp_path, capsys):
+    record(make_run(tmp_path), tmp_path / "results" / "toy")
+    assert main(["tables", str(tmp_path / "results"), "--judge", "nope"]) == 2
+    assert "rejudge_nope.json is missing" in capsys.readouterr().err
+
+
+def test_committed_results_docs_are_generated(monkeypatch):
+    """docs/results.md and the README's result blocks are exactly what `panacea tables results
+    --write docs/results.md --readme README.md` writes from the committed results/."""
+    assert list((ROOT / "results").glob("*/result.json")), "results/ holds no recorded result"
+    monkeypatch.chdir(ROOT)
+    tables("results", write="docs/results.md", readme="README.md", check=True)
