@@ -68,7 +68,7 @@ def test_existing_run_dir_is_not_overwritten(tiny_run, tiny_dir, capsys):
     [
         (["finetune.data.poison_ratio=2"], "finetune.data.poison_ratio must be in [0, 1]"),
         (["finetune.data.n=100000"], "finetune.data.n"),
-        (["finetune.runs.sft.defense=nope"], "choices: lisa, panacea, safety_mix, sft"),
+        (["finetune.runs.sft.defense=nope"], "choices: lisa, panacea, panacea_avg, safety_mix, sft"),
         (["finetune.data.task.name=jsonl", "finetune.data.task.path=/nonexistent.jsonl"], "/nonexistent.jsonl"),
         (["eval.harmful.n=100000"], "eval.harmful"),
         (["finetune.data.harmful.start=5", "finetune.runs.panacea.harmful_data.start=0"], "finetune.data.harmful"),

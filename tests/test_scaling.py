@@ -10,8 +10,8 @@ import yaml
 from panacea import models
 from panacea.config import ExperimentConfig, from_dict
 from panacea.pipeline import Context
-from panacea.scaling import (fit_growth, fixed_length, plot_scaling, profile_report, profile_step, scaling_report,
-                             scaling_sweep)
+from panacea.scaling import (expected_ratio, fit_growth, fixed_length, interleaved_overhead, plausible, plot_scaling,
+                             profile_report, profile_step, scaling_report, scaling_sweep)
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 H = {"name": "pyrit_harmful", "start": 10, "n": 8}
@@ -90,3 +90,34 @@ def test_profile_step(setup, method):
         assert p["name"].startswith(f"{method}/") and 0 < p["share"] <= 1
     lines = profile_report(prof)
     assert any(line.startswith("| operator |") for line in lines) and len(lines) >= 4 + len(ops)
+
+
+def test_expected_ratio_from_passes_and_batches():
+    assert expected_ratio(3, 10, 10) == 3.0  # Panacea/Booster: (b + 2·b_h)/b
+    assert expected_ratio(3, 10, 4) == pytest.approx(1.8)
+    assert expected_ratio(2, 10, None) == 2.0  # Vaccine: two passes on the same batch
+
+
+@pytest.mark.parametrize("ratio,cpu,expected,flagged", [
+    (0.98, 0.98, 3.0, "below what"),          # three passes cannot cost less than one
+    (0.98, 0.98, 1.8, "below what"),          # Panacea with a harmful batch of 4 of 10: ≥ 1.08
+    (27.0, 27.0, 2.0, "above twice"),         # Vaccine at 27× on a busy machine
+    (2.9, 1.9, 3.0, "disagree"),              # the wall clock measured the load
+    (2.6, 2.5, 3.0, None), (1.02, 1.0, 1.0, None),
+])
+def test_implausible_ratios_are_flagged(ratio, cpu, expected, flagged):
+    why = plausible(ratio, cpu, expected)
+    assert (why is None) if flagged is None else (flagged in why)
+
+
+def test_interleaved_overhead_medians_ratios_and_load(setup):
+    cfg, ctx = setup
+    methods = {k: METHODS[k] for k in ("sft", "panacea")}
+    res = interleaved_overhead(cfg, ctx, methods, {"sft": 1.0, "panacea": 3.0}, rounds=3, warmup=1, progress=False)
+    assert set(res["methods"]) == {"sft", "panacea"} and res["rounds"] == 3 and res["seq_length"] == 48
+    assert len(res["load_average_before"]) == 3 and res["cpus"] >= 1
+    sft, pan = res["methods"]["sft"], res["methods"]["panacea"]
+    assert sft["step_time_ratio"] == 1.0 and sft["flag"] is None
+    assert pan["median_step_seconds"] > 0 and pan["median_cpu_seconds"] > 0 and pan["expected_ratio"] == 3.0
+    assert pan["step_time_ratio"] == pytest.approx(pan["median_step_seconds"] / sft["median_step_seconds"], rel=1e-2)
+    assert pan["flag"] == plausible(pan["step_time_ratio"], pan["cpu_time_ratio"], 3.0)

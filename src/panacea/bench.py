@@ -55,7 +55,7 @@ from .registry import DEFENSES, load_builtins
 
 #: keys of a YAML's ``bench:`` section
 BENCH_KEYS = {"defense_options", "exclude", "quick", "generation_prompts", "ablations", "quick_ablations",
-              "scaling", "quick_scaling", "profile"}
+              "scaling", "quick_scaling", "profile", "overhead"}
 
 #: performance targets of the issue: Panacea and Booster ≤ 3.3× SFT step time (three passes: 3× is
 #: the algorithm's floor), ≤ 1.2× SFT peak memory; batched generation ≥ 5× one-at-a-time.
@@ -468,15 +468,47 @@ def ablation_findings(abl: list[dict], rows: list[dict], rhos: dict | None = Non
     return out
 
 
+def measure_overhead(cfg, ctx, bench: dict, methods: list[dict], rows: list[dict], rounds: int = 5,
+                     warmup: int = 1) -> dict:
+    """Step-time ratios of the training methods from interleaved steps (``scaling.interleaved_overhead``);
+    each row's ``step_time_ratio`` becomes the interleaved median ratio (the ratio of the run's own
+    stages, measured one after another, is kept as ``step_time_ratio_sequential``), with its CPU-time
+    ratio, the ratio its passes allow and a ``ratio_flag`` when it is implausible."""
+    from .scaling import expected_ratio, interleaved_overhead
+    from .training import per_device_batch_size
+
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ConfigError(f"bench.overhead.rounds must be an integer ≥ 1, got {rounds!r}")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ConfigError(f"bench.overhead.warmup must be an integer ≥ 0, got {warmup!r}")
+    by_method = {m["method"]: m for m in methods}
+    train = ["sft"] + [m["method"] for m in methods if m["stage"] in ("alignment", "finetune") and m["method"] != "sft"]
+    bs = per_device_batch_size(cfg.finetune.train, 1)
+    expected = {m: expected_ratio(PASSES.get(m, 2), bs, _base_value(bench, by_method[m], "harmful_batch_size"))
+                for m in train}
+    result = interleaved_overhead(cfg, ctx, scaling_methods({"methods": train}, bench, by_method), expected,
+                                  rounds=rounds, warmup=warmup, batch_size=bs)
+    for r in rows:
+        o = result["methods"].get(r["method"])
+        if o is None or r["stage"] == "post":
+            continue
+        r["step_time_ratio_sequential"] = r.get("step_time_ratio")
+        r.update(step_time_ratio=o["step_time_ratio"], cpu_time_ratio=o["cpu_time_ratio"],
+                 expected_ratio=o["expected_ratio"], ratio_flag=o["flag"], median_step_seconds=o["median_step_seconds"])
+    return result
+
+
 def check_targets(rows: list[dict], gen: dict | None) -> list[dict]:
+    """Each target met or missed; a step-time ratio flagged as implausible is not judged (``met`` None)."""
     out = []
     for r in rows:
         if r["method"] in TARGET_METHODS:
             for key in ("step_time_ratio", "peak_memory_ratio"):
                 v = r.get(key)
+                flag = r.get("ratio_flag") if key == "step_time_ratio" else None
                 out.append({"what": f"{r['method']} {key}", "target": f"≤ {TARGETS[key]}", "value": v,
-                            "met": v is not None and v <= TARGETS[key],
-                            "miss_by": None if v is None or v <= TARGETS[key] else round(v / TARGETS[key] - 1, 3)})
+                            "met": None if flag else (v is not None and v <= TARGETS[key]), "flag": flag,
+                            "miss_by": None if flag or v is None or v <= TARGETS[key] else round(v / TARGETS[key] - 1, 3)})
     if gen:
         v = gen["speedup"]
         out.append({"what": f"generation speedup ({gen.get('model', 'aligned')} model)", "target": f"≥ {TARGETS['generation_speedup']}×", "value": v,
@@ -584,7 +616,18 @@ def report_md(results: dict) -> str:
           "| what | target | measured | met |", "|---|---|---|---|"]
     for t in results["targets"]:
         miss = f" (missed by {100 * t['miss_by']:.0f} %)" if t.get("miss_by") else ""
-        L.append(f"| {t['what']} | {t['target']} | {_fmt(t['value'], 2)} | {'yes' if t['met'] else 'no' + miss} |")
+        verdict = f"not judged: {t['flag']}" if t.get("flag") else "yes" if t["met"] else "no" + miss
+        L.append(f"| {t['what']} | {t['target']} | {_fmt(t['value'], 2)} | {verdict} |")
+    ov = results.get("overhead")
+    if ov:
+        L += ["", f"Step-time ratios: medians of {ov['rounds']} interleaved rounds (one step of every method per "
+              f"round, order rotated; L {ov['seq_length']}, batch {ov['batch_size']}, rank {ov['lora_rank']}; "
+              f"{ov['torch_threads']} torch threads on {ov['cpus']} CPUs; load average "
+              f"{ov['load_average_before'][0]} before, {ov['load_average_after'][0]} after).", "",
+              "| method | median step s | wall ×SFT | CPU ×SFT | passes allow ≈ | flag |", "|---|---|---|---|---|---|"]
+        for name, o in ov["methods"].items():
+            L.append(f"| {name} | {o['median_step_seconds']} | {_fmt(o['step_time_ratio'], 2)} | "
+                     f"{_fmt(o['cpu_time_ratio'], 2)} | {_fmt(o['expected_ratio'], 2)} | {o['flag'] or ''} |")
     g = results.get("generation_speedup")
     if g:
         L += ["", "Generation: batched greedy (eval/generate.py: left padding, KV cache) vs one prompt at a time "
@@ -691,6 +734,11 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
 
     metrics = run_experiment(cfg, force=False)
     rows = collect(metrics, methods)
+    overhead = None
+    ov = bench.get("overhead", {"rounds": 5, "warmup": 1})
+    if ov:
+        say(f"[bench] overhead: every training method's step, interleaved, {ov.get('rounds', 5)} rounds")
+        overhead = measure_overhead(cfg, ctx, bench, methods, rows, **ov)
     abl = collect_ablations(metrics, bench["_ablations"], rows, bench)
     rhos = {m: _base_value(bench, by_method[m], "rho") for m in ("panacea", "ascent") if m in by_method}
     findings = ablation_findings(abl, rows, rhos)
@@ -727,7 +775,7 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     profiles = []
     mode = bench.get("profile", "auto")
     missed = [r for r in rows if r["method"] in TARGET_METHODS and any(
-        t["what"].startswith(r["method"] + " ") and not t["met"] and t["value"] is not None for t in targets)]
+        t["what"].startswith(r["method"] + " ") and t["met"] is False and t["value"] is not None for t in targets)]
     to_profile = [r for r in rows if r["method"] in TARGET_METHODS] if mode == "always" else missed if mode == "auto" else []
     for r in to_profile:
         from .scaling import profile_step
@@ -752,6 +800,7 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
         "quick": quick,
         "command": command or f"panacea bench {config}{' --quick' if quick else ''}",
         "methods": rows,
+        "overhead": overhead,
         "generation_speedup": gen,
         "safety_coefficients": coeffs,
         "targets": targets,

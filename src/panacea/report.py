@@ -117,7 +117,8 @@ def format_bench(results: dict) -> str:
                          f"vs one at a time {x['one_at_a_time_tokens_per_second']} tok/s = {x['speedup']}× "
                          f"({x['identical_answers']}/{x['prompts']} identical answers)")
     for t in results.get("targets", []):
-        lines.append(f"target {t['what']} {t['target']}: {_f(t['value'], 2)} {'met' if t['met'] else 'MISSED'}")
+        verdict = f"not judged ({t['flag']})" if t.get('flag') else 'met' if t['met'] else 'MISSED'
+        lines.append(f"target {t['what']} {t['target']}: {_f(t['value'], 2)} {verdict}")
     for f in results.get("findings") or []:
         lines.append(f"ablation: {f}")
     return "\n".join(lines)

@@ -203,6 +203,83 @@ def scaling_sweep(cfg: ExperimentConfig, ctx, methods: dict[str, Method], seq_le
     return points
 
 
+def expected_ratio(passes: float, batch: int, harmful_batch: int | None) -> float:
+    """A method's compute per step relative to SFT's, from its passes: with a second data set of
+    batch b_h, (b + (passes − 1)·b_h)/b (Panacea and Booster: (b + 2·b_h)/b); else ``passes``."""
+    if harmful_batch:
+        return (batch + (passes - 1) * harmful_batch) / batch
+    return float(passes)
+
+
+def plausible(ratio: float, cpu_ratio: float | None, expected: float) -> str | None:
+    """Why a measured step-time ratio cannot be trusted, or None. A training method does SFT's
+    pass and more: its extra passes cost at least their forward passes, about a third of a forward
+    and backward pass, so the ratio cannot fall below ``1 + (expected − 1)/3`` (less 15 % for timer
+    noise); nor exceed twice what its passes allow; and wall and CPU ratios that disagree by more
+    than 25 % mean the wall clock measured the machine's load, not the method."""
+    floor = 0.85 * (1 + (expected - 1) / 3)
+    if ratio < floor:
+        return (f"below what its passes allow ({ratio:.2f}× < {floor:.2f}×; ≈{expected:.2f}× expected): "
+                f"extra passes cannot be free")
+    if ratio > 2 * expected:
+        return f"above twice what its passes allow ({ratio:.2f}× vs ≈{expected:.2f}×)"
+    if cpu_ratio is not None and abs(ratio / cpu_ratio - 1) > 0.25:
+        return f"wall {ratio:.2f}× and CPU {cpu_ratio:.2f}× disagree: the machine's load, not the method"
+    return None
+
+
+def interleaved_overhead(cfg: ExperimentConfig, ctx, methods: dict[str, Method], expected: dict[str, float],
+                         rounds: int = 5, warmup: int = 1, progress: bool = True, batch_size: int | None = None) -> dict:
+    """Step time of each training method against SFT, measured so that load cannot fake the ratio.
+
+    Every method's real trainer is built first (``_Step``: the experiment's LoRA rank, batches of
+    exactly ``model.max_length`` tokens, the same batch size), warmed up, then timed in ``rounds``
+    rounds of one step each, the order rotated every round, so load that comes and goes falls on
+    every method alike. Per method: the median wall seconds and the median CPU seconds of the
+    process (all threads) over the rounds, their ratios to ``sft``'s medians, and ``flag`` when the
+    ratio is implausible (:func:`plausible`; a flagged ratio is reported, never judged against a
+    target). The load average before and after is recorded. Needs every model in memory at once
+    (``len(methods)`` copies): the bench model's scale, not a 7B model's.
+    """
+    from statistics import median
+
+    from tqdm import tqdm
+
+    if "sft" not in methods:
+        raise ConfigError("overhead: the methods must include sft, the reference of the ratios")
+    bs = batch_size or per_device_batch_size(cfg.finetune.train, 1)
+    L = cfg.model.max_length
+    load_before = os.getloadavg()
+    names = list(methods)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="panacea-overhead-") as out, _quiet():
+        steps = {n: _Step(cfg, ctx, methods[n], cfg.lora.r, L, bs, out) for n in names}
+        for n in names:
+            steps[n].run(warmup)
+        for i in tqdm(range(rounds), desc="overhead (interleaved)", disable=not progress):
+            for n in names[i % len(names):] + names[: i % len(names)]:
+                c0 = time.process_time()
+                wall[n] += steps[n].run(1)
+                cpu[n].append(time.process_time() - c0)
+        for n in names:
+            steps[n].close()
+    load_after = os.getloadavg()
+    ref_w, ref_c = median(wall["sft"]), median(cpu["sft"])
+    out = {}
+    for n in names:
+        w, c = median(wall[n]), median(cpu[n])
+        ratio, cratio = w / ref_w, (c / ref_c if ref_c > 0 else None)
+        out[n] = {"median_step_seconds": round(w, 4), "median_cpu_seconds": round(c, 4),
+                  "step_time_ratio": round(ratio, 3), "cpu_time_ratio": None if cratio is None else round(cratio, 3),
+                  "expected_ratio": round(expected.get(n, 1.0), 3),
+                  "flag": None if n == "sft" else plausible(ratio, cratio, expected.get(n, 1.0))}
+    return {"rounds": rounds, "warmup": warmup, "seq_length": L, "batch_size": bs, "lora_rank": cfg.lora.r,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after], "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "methods": out}
+
+
 def _slope(xs: list[float], ys: list[float]) -> float | None:
     """Least-squares slope of log y against log x (None with < 2 distinct x or a y ≤ 0)."""
     if len(set(xs)) < 2 or min(ys) <= 0:
