@@ -25,6 +25,7 @@ def bench_yaml(tmp_path) -> Path:
             "booster": {"harmful_batch_size": 4, "harmful_data": H},
             "repnoise": {"harmful_data": H},
             "panacea": {"harmful_batch_size": 4, "harmful_data": H},
+            "panacea_avg": {"harmful_batch_size": 4, "harmful_data": H, "k": 2},
             "ascent": {"harmful_data": H},
             "antidote": {"harmful_data": H},
             "lisa": {"alignment_steps": 1, "finetune_steps": 1, "alignment_data": {"name": "refusals", "start": 100, "n": 20}},
@@ -37,6 +38,7 @@ def bench_yaml(tmp_path) -> Path:
         "quick_ablations": {"panacea": {"perturb_every": [2], "rho": [0.5, 2.0]}, "ascent": {"rho": [0.5]}},
         "quick_scaling": {"methods": ["sft", "panacea"], "seq_lengths": [16, 24], "ranks": [2], "steps": 1, "warmup": 0},
         "profile": "always",
+        "overhead": {"rounds": 2, "warmup": 0},
     }
     p = tmp_path / "bench.yaml"
     p.write_text(yaml.safe_dump(raw))
@@ -87,6 +89,11 @@ def test_bench_cli_end_to_end(tiny_dir, tmp_path, capsys):
     assert {"booster", "vaccine", "repnoise", "lisa", "panacea", "safety_mix", "safelora", "antidote"} <= set(rows)
     for m in ("booster", "panacea", "vaccine"):
         assert rows[m]["step_time_ratio"] > 0 and rows[m]["peak_memory_ratio"] > 0
+        # the ratio is the interleaved measurement's, with its CPU ratio, what the passes allow and a flag
+        o = res["overhead"]["methods"][m]
+        assert rows[m]["step_time_ratio"] == o["step_time_ratio"] and rows[m]["ratio_flag"] == o["flag"]
+        assert rows[m]["cpu_time_ratio"] > 0 and rows[m]["step_time_ratio_sequential"] > 0
+    assert res["overhead"]["methods"]["sft"]["step_time_ratio"] == 1.0 and len(res["overhead"]["load_average_before"]) == 3
     for r in res["methods"]:
         assert 0 <= r["harmful_score"] <= 100
     g = res["generation_speedup"]
@@ -120,7 +127,12 @@ def test_bench_cli_end_to_end(tiny_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "nothing to do" in text and "--resume skips what is finished" in text
     again = json.loads((out / "results.json").read_text())
-    assert again["resumed"] and not first["resumed"] and again["methods"] == first["methods"]
+    timing = {"step_time_ratio", "cpu_time_ratio", "median_step_seconds", "ratio_flag"}  # remeasured on resume
+
+    def results_only(rows):
+        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+    assert again["resumed"] and not first["resumed"] and results_only(again["methods"]) == results_only(first["methods"])
     assert "of the resuming invocation" in (out / "report.md").read_text()
     assert main(["bench", str(cfg), "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "holds no interrupted bench" in capsys.readouterr().err

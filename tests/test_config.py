@@ -59,7 +59,7 @@ def test_resolved_config_round_trips(tmp_path):
         (["model.dtype=int8"], r"model\.dtype must be one of"),
         (["lora.r=abc"], r"lora\.r must be an integer"),
         (["seed"], r"must look like dotted\.key=value"),
-        (["finetune.runs.sft.defense=panacae"], r"unknown finetune defense 'panacae' \(did you mean panacea\?\)"),
+        (["finetune.runs.sft.defense=panacae"], r"unknown finetune defense 'panacae' \(did you mean panacea( or panacea_avg)?\?\)"),
         (["finetune.runs.sft.rho=2"], r"unknown config key 'finetune\.runs\.sft\.rho'"),
         (["finetune.runs.sft.poison_ratio=2"], r"finetune\.runs\.sft\.poison_ratio must be in \[0, 1\]"),
         (["eval.judge=gpt"], r"unknown judge 'gpt'"),
