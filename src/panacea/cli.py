@@ -9,7 +9,7 @@
     panacea rejudge RUN --judge NAME                re-score a finished run's answers with a judge
     panacea export RUN [--format alpaca_eval]       saved answers in an external scorer's format
     panacea analyze RUN                             per-layer safety coefficients of Panacea's ε
-    panacea record RUN results/NAME                 keep a finished run's config, metrics, answers, provenance
+    panacea record RUN [RUN ...] results/NAME       keep finished runs' config, metrics, answers, provenance
     panacea tables [results] [--write F --readme F] markdown tables (mean ± 95% over seeds) from results/
     panacea bench [CONFIG] [--quick]                every defense compared, overhead, plots, report
     panacea plot RESULTS.json                       redraw the bench plots
@@ -121,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="Copy RUN's resolved config, every seed's metrics.json and saved answers "
                         "(generations/*.jsonl, for re-judging), summary.json, and a result.json with the command, "
                         "seeds, package versions, git commit, machine and wall time into OUT. No adapters.")
-    rc.add_argument("run", help="finished run directory (one seed, or a seeds: [...] parent)")
-    rc.add_argument("out", help="new folder, e.g. results/demo")
+    rc.add_argument("paths", nargs="+", metavar="RUN ... OUT",
+                    help="finished run directories (one seed, a seeds: [...] parent, or several runs of one "
+                    "config that differ only in seed), then the new folder, e.g. results/demo")
     rc.add_argument("--command", help="the command that produced RUN (default: panacea run RUN/config.yaml)")
     rc.add_argument("--force", action="store_true", help="replace OUT if it is a result this command recorded")
     tb = sub.add_parser("tables", help="markdown tables from recorded results (docs/results.md, README blocks)",
@@ -371,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "record":
             from .results import record
 
-            kept = record(args.run, args.out, args.command, args.force)
-            print(f"recorded {args.run} → {kept}")
+            if len(args.paths) < 2:
+                raise UserError("record needs at least one RUN and the OUT folder")
+            kept = record(args.paths[:-1], args.paths[-1], args.command, args.force)
+            print(f"recorded {', '.join(args.paths[:-1])} → {kept}")
             return 0
         if args.cmd == "tables":
             from .results import tables

@@ -93,62 +93,98 @@ def git_commit() -> dict:
     return {"commit": head, "dirty": bool(dirty)}
 
 
-def record(run: str | Path, out: str | Path, command: str | None = None, force: bool = False) -> Path:
-    """Copy the citable part of the finished run ``run`` into ``out`` (module docstring).
+def _identity(cfg: dict) -> dict:
+    """A seed's config without what differs between the seeds of one experiment."""
+    return {k: v for k, v in cfg.items() if k not in ("seed", "seeds", "output_dir")}
 
-    ``out`` must not exist, or (with ``force``) be a folder this command wrote (it holds a
-    ``result.json`` of this schema); anything else is refused, never replaced.
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                return _first_difference(a[k], b[k], f"{prefix}{k}.")
+            return f"{prefix}{k}"
+    return ""
+
+
+def record(runs, out: str | Path, command: str | None = None, force: bool = False) -> Path:
+    """Copy the citable part of finished runs into ``out`` (module docstring).
+
+    ``runs``: one run directory (one seed, or a ``seeds: [...]`` parent), or several runs of the
+    same experiment that differ only in ``seed`` (e.g. seeds run in parallel as separate
+    processes): their configs must be identical apart from ``seed`` and ``output_dir``, else the
+    first differing key is named. ``out`` must not exist, or (with ``force``) be a folder this
+    command wrote (it holds a ``result.json`` of this schema); anything else is refused, never
+    replaced.
     """
-    run, out = Path(run), Path(out)
-    if not run.is_dir():
-        raise UserError(f"{run}: no such run directory")
-    seeds = _seed_dirs(run)
+    runs = [Path(r) for r in ([runs] if isinstance(runs, (str, Path)) else runs)]
+    out = Path(out)
+    seeds: dict[int, Path] = {}
+    for run in runs:
+        if not run.is_dir():
+            raise UserError(f"{run}: no such run directory")
+        for seed, d in _seed_dirs(run).items():
+            if seed in seeds:
+                raise UserError(f"seed {seed} is in both {seeds[seed]} and {d}")
+            seeds[seed] = d
     if out.exists():
         owned = (out / "result.json").is_file() and _read_json(out / "result.json").get("schema") == SCHEMA
         if not owned:
             raise UserError(f"{out} exists and is not a recorded result (no result.json); choose another folder")
         if not force:
             raise UserError(f"{out} already holds a recorded result; pass --force to replace it")
+    configs = {}
+    for seed, d in seeds.items():
+        if not (d / "config.yaml").is_file():
+            raise UserError(f"{d / 'config.yaml'} is missing: seed {seed} did not finish")
+        configs[seed] = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+    first = min(seeds)
+    for seed, cfg in configs.items():
+        diff = _first_difference(_identity(configs[first]), _identity(cfg))
+        if diff:
+            raise UserError(f"{seeds[seed]} and {seeds[first]} are not seeds of one experiment: {diff} differs")
+    single = len(seeds) == 1 and len(runs) == 1 and not (runs[0] / "summary.json").is_file()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    multi = (run / "summary.json").is_file()
-    wall = []
-    machine = None
-    for seed, d in seeds.items():
-        dst = tmp / d.relative_to(run) if multi else tmp
+    wall, machine, per_seed = {}, None, {}
+    for seed in sorted(seeds):
+        d = seeds[seed]
+        dst = tmp if single else tmp / f"seed_{seed}"
         dst.mkdir(parents=True, exist_ok=True)
         for f in _COPY_SEED:
             if not (d / f).is_file():
-                raise UserError(f"{d / f} is missing: seed {seed} of {run} did not finish")
+                raise UserError(f"{d / f} is missing: seed {seed} did not finish")
             shutil.copy2(d / f, dst / f)
         gens = d / "generations"
         if not gens.is_dir():
             raise UserError(f"{gens} is missing: the saved answers are needed to re-judge")
         shutil.copytree(gens, dst / "generations")
         m = _read_json(d / "metrics.json")
-        wall.append(m.get("wall_seconds"))
+        wall[str(seed)] = m.get("wall_seconds")
         machine = machine or m.get("machine")
-    if multi:
-        shutil.copy2(run / "summary.json", tmp / "summary.json")
-        shutil.copy2(run / "config.yaml", tmp / "config.yaml")
-        total = _read_json(run / "summary.json").get("wall_seconds")
-    else:
-        total = wall[0]
-    cfg = yaml.safe_load((tmp / "config.yaml").read_text(encoding="utf-8"))
+        per_seed[seed] = m["results"]
+    if len(runs) == 1 and (runs[0] / "summary.json").is_file():
+        total = _read_json(runs[0] / "summary.json").get("wall_seconds")
+    else:  # separate runs (possibly in parallel): the sum of their wall times
+        total = round(sum(v or 0.0 for v in wall.values()), 1)
+    top = {**_identity(configs[first]), **({"seed": first} if single else {"seeds": sorted(seeds)})}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(top, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    if not single:
+        (tmp / "summary.json").write_text(json.dumps({"seeds": sorted(seeds), "results": summarize(per_seed)},
+                                                     indent=2) + "\n", encoding="utf-8")
     meta = {
         "schema": SCHEMA,
         "name": out.name,
-        "experiment": cfg.get("name"),
-        "command": command or f"panacea run {run / 'config.yaml'}",
+        "experiment": top.get("name"),
+        "command": command or " && ".join(f"panacea run {seeds[s] / 'config.yaml'}" for s in sorted(seeds)),
         "seeds": sorted(seeds),
-        "layout": "seeds" if multi else "single",
-        "seed_dirs": {str(s): (str(d.relative_to(run)) if multi else ".") for s, d in seeds.items()},
-        "eval": {k: cfg.get("eval", {}).get(k) for k in ("harmful", "utility", "benign", "judge",
-                                                          "max_new_tokens", "utility_max_new_tokens")},
+        "seed_dirs": {str(s): ("." if single else f"seed_{s}") for s in sorted(seeds)},
+        "eval": {k: (top.get("eval") or {}).get(k) for k in ("harmful", "utility", "benign", "judge",
+                                                              "max_new_tokens", "utility_max_new_tokens")},
         "wall_seconds": total,
-        "wall_seconds_per_seed": dict(zip(map(str, seeds), wall)),
+        "wall_seconds_per_seed": wall,
         "machine": machine,
         "versions": versions(),
         "git": git_commit(),
