@@ -242,6 +242,8 @@ class ExperimentConfig:
     """Run the experiment once per seed into ``<run_dir>/seed_<s>/`` and write ``summary.json``
     with mean ± 95 % interval (panacea.eval.seeds); ``seed`` is then ignored."""
     output_dir: str | None = None
+    """The run directory. ``~`` and ``$VARIABLES`` are expanded and the path is made absolute
+    (``..`` and links resolved) when the config is loaded; that one path is used everywhere."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
@@ -458,7 +460,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 32
 #: A Hugging Face access token; tokens come from the environment (HF_TOKEN), never from a config.
-_HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+_HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")  # anywhere: `run_hf_…` hides no token
 
 
 def _reason(e: BaseException) -> str:
@@ -552,7 +554,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[Exp
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
     check_tree(raw)
-    return from_dict(ExperimentConfig, raw), raw
+    cfg = from_dict(ExperimentConfig, raw)
+    if cfg.output_dir is not None:  # one absolute path from here on (paths.expand_path)
+        from .paths import expand_path
+
+        cfg.output_dir = str(expand_path(cfg.output_dir, "output_dir"))
+    return cfg, raw
 
 
 def to_dict(cfg) -> dict:

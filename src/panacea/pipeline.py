@@ -266,7 +266,11 @@ def _check_train(train: TrainSettings, key: str) -> None:
 
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output_dir or Path("runs") / cfg.name)
+    """The run directory as one absolute path (``~``, ``$VARS`` and ``..`` resolved, paths.py);
+    every stage, the Trainer included, writes under exactly this path."""
+    from .rundir import resolve_run_dir
+
+    return resolve_run_dir(cfg.output_dir or Path("runs") / cfg.name)
 
 
 #: Free space kept on top of a stage's estimate (records, logs, file-system slack).
