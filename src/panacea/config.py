@@ -227,6 +227,13 @@ class EvalConfig:
     """Sample answers per variant printed at the end."""
 
     def __post_init__(self):
+        for key in ("harmful", "utility", "benign"):  # an empty set has no score: NaN, not a result
+            spec = getattr(self, key)
+            if spec is not None and spec.n is not None and spec.n < 1:
+                hint = "" if key == "harmful" else f" (eval.{key}: null skips it)"
+                raise ConfigError(f"eval.{key}.n must be ≥ 1, got {spec.n}; an empty evaluation set has no score{hint}")
+        if self.samples < 0:
+            raise ConfigError(f"eval.samples must be ≥ 0, got {self.samples}")
         _positive("eval.max_new_tokens", self.max_new_tokens)
         _positive("eval.utility_max_new_tokens", self.utility_max_new_tokens)
         _positive("eval.batch_size", self.batch_size)
@@ -519,19 +526,20 @@ def _check_text(value, name: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
+    from .paths import read_regular
+
     p = Path(path)
     try:
-        exists = p.is_file()
-        size = p.stat().st_size if exists else 0
+        exists = p.exists()
     except (OSError, ValueError):  # e.g. a name too long for the file system
-        exists, size = False, 0
+        exists = False
     if not exists:
         raise ConfigError(f"config file {_show(str(p), 200)} does not exist")
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {_show(str(p), 200)} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    # a regular file of at most MAX_CONFIG_BYTES: a FIFO or a device is refused, never read
+    data = read_regular(p, MAX_CONFIG_BYTES, "config file", error=ConfigError)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} cannot be read ({type(e).__name__})") from None
     try:
         raw = yaml.safe_load(text)

@@ -61,22 +61,22 @@ def read_regular(path: Path, max_bytes: int, what: str, error=DataError) -> byte
     after a check is still refused. ``what`` names the file in errors (``data file``, ``config
     file``); ``error`` is the exception class raised (one line, exit 2).
     """
-    shown = repr(shorten(str(path)))
+    shown = shorten(str(path))
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise error(f"{what} {shown}: file not found") from None
+        raise error(f"{shown}: file not found ({what})") from None
     except OSError as e:
-        raise error(f"{what} {shown} cannot be opened ({e.strerror or type(e).__name__})") from None
+        raise error(f"cannot read {what} {shown}: {e.strerror or type(e).__name__}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
                     else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                     else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-            raise error(f"{what} {shown} is {kind}, not a regular file")
+            raise error(f"cannot read {what} {shown}: it is {kind}, not a regular file")
         if st.st_size > max_bytes:
-            raise error(f"{what} {shown} is {st.st_size} bytes, more than the limit of {max_bytes}"
+            raise error(f"cannot read {what} {shown}: {st.st_size} bytes, more than the limit of {max_bytes}"
                         f"{' (raise it with data.max_bytes)' if what == 'data file' else ''}")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
@@ -87,10 +87,10 @@ def read_regular(path: Path, max_bytes: int, what: str, error=DataError) -> byte
                 break
             total += len(block)
             if total > max_bytes:  # the file grew while it was read
-                raise error(f"{what} {shown} is more than the limit of {max_bytes} bytes")
+                raise error(f"cannot read {what} {shown}: more than the limit of {max_bytes} bytes")
             chunks.append(block)
         return b"".join(chunks)
     except OSError as e:
-        raise error(f"{what} {shown} cannot be read ({e.strerror or type(e).__name__})") from None
+        raise error(f"cannot read {what} {shown}: {e.strerror or type(e).__name__}") from None
     finally:
         os.close(fd)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -106,8 +107,21 @@ def _main_process() -> bool:
     return is_main()
 
 
+def _finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as valid JSON: the stages stop on a non-finite number they compute (pipeline's fault
+    guards); any other one is written as ``null``, never as a bare ``NaN``/``Infinity``."""
+    write_atomic(path, json.dumps(_finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -217,9 +231,23 @@ def invalidate(stage_dir: Path) -> None:
 # --------------------------------------------------------------------------- the config a directory belongs to
 
 
+#: Keys that only bound how a run reads its inputs, left out of its identity when unset, so a run
+#: made before they existed still resumes.
+_UNSET_NOT_IDENTITY = ("max_bytes",)
+
+
+def _identity(node):
+    if isinstance(node, dict):
+        return {k: _identity(v) for k, v in node.items() if not (k in _UNSET_NOT_IDENTITY and v is None)}
+    if isinstance(node, list):
+        return [_identity(v) for v in node]
+    return node
+
+
 def canonical(resolved: dict) -> str:
-    """The canonical YAML of a resolved config (sorted keys, ``output_dir`` left out)."""
-    data = {k: v for k, v in resolved.items() if k != "output_dir"}
+    """The canonical YAML of a resolved config (sorted keys, ``output_dir`` left out, and unset
+    ``_UNSET_NOT_IDENTITY`` keys)."""
+    data = {k: _identity(v) for k, v in resolved.items() if k != "output_dir"}
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
