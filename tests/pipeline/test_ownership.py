@@ -203,3 +203,29 @@ def test_an_old_marker_counts_only_with_its_config(tmp_path):
     with pytest.raises(UserError, match="not a panacea run"):
         open_run_dir(run, CFG, force=True)
     assert (run / "config.yaml").read_text() == "name: other\n" and os.path.exists(run / "run.json")
+
+
+def test_bench_force_never_touches_a_foreign_folder_and_keeps_foreign_files(tmp_path, capsys):
+    from pathlib import Path
+
+    from panacea.bench import is_bench_folder, remove_bench
+    from panacea.cli import main
+
+    bench_yaml = str(Path(__file__).parents[2] / "configs" / "bench.yaml")
+    project = tmp_path / "project"
+    before = foreign_project(project)
+    for extra in ([], ["--force"]):
+        assert main(["bench", bench_yaml, "--out", str(project), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "not a panacea bench folder" in err and "--force" not in err
+    assert files(project) == before
+    # a proven bench folder: --force removes the bench's files and run, and keeps the user's
+    out = tmp_path / "bench"
+    with open_run_dir(out / "run", CFG, force=False) as rd:
+        rd.finish("metrics.json", {"results": []})
+    (out / "results.json").write_text(json.dumps({"methods": []}))
+    (out / "hs_vs_fa.png").write_bytes(b"png")
+    (out / "notes.txt").write_text("mine")
+    assert is_bench_folder(out) and not is_bench_folder(project)
+    remove_bench(out)
+    assert files(out) == {"notes.txt": b"mine"}
