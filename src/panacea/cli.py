@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
+        if args.cmd in ("rejudge", "analyze", "export"):  # one absolute run path, as output_dir (paths.py)
+            from .paths import expand_path
+
+            args.run = str(expand_path(args.run, "RUN"))
         if args.cmd == "ls":
             cmd_ls(args.what)
             return 0

@@ -229,3 +229,15 @@ def test_bench_force_never_touches_a_foreign_folder_and_keeps_foreign_files(tmp_
     assert is_bench_folder(out) and not is_bench_folder(project)
     remove_bench(out)
     assert files(out) == {"notes.txt": b"mine"}
+
+
+def test_run_paths_of_the_other_commands_are_expanded(tmp_path, monkeypatch, capsys):
+    from panacea.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "~/nowhere"]) == 2
+    assert str(tmp_path / "home" / "nowhere") in capsys.readouterr().err
+    monkeypatch.delenv("PANACEA_TEST_UNSET_RUN", raising=False)
+    assert main(["rejudge", "$PANACEA_TEST_UNSET_RUN/x", "--judge", "refusal"]) == 2
+    assert "RUN: environment variable $PANACEA_TEST_UNSET_RUN" in capsys.readouterr().err
