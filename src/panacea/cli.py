@@ -382,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg, _ = load_config(args.config, args.overrides)
         if args.cmd == "validate":
-            from .pipeline import Context, Plan
+            from .models import cache_dir
+            from .pipeline import Context, Plan, env_threads
 
+            env_threads()  # the environment a run would read, validated like the config
+            cache_dir()
             plan = Plan(cfg)
             sizes = plan.check_data(Context(cfg))
             check_judge(cfg)

@@ -119,6 +119,8 @@ def test_panacea_threads_is_validated(value, tiny_dir, tmp_path, monkeypatch, ca
     assert main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}", *SMALL]) == 2
     assert "PANACEA_THREADS must be a whole number of threads" in one_line_error(capsys)
     assert not out.exists()
+    assert main(["validate", TINY, f"model.name_or_path={tiny_dir}"]) == 2
+    assert f"PANACEA_THREADS must be a whole number of threads from 1 to 4096, got {value!r}" in one_line_error(capsys)
 
 
 def test_panacea_cache_is_validated(tiny_dir, tmp_path, monkeypatch, capsys):
