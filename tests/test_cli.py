@@ -26,9 +26,12 @@ def test_smoke_run_writes_everything(tiny_run, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     names = [r["name"] for r in metrics["results"]]
     assert names == ["aligned", "sft", "panacea", "sft+random", "sft+ascent"]
+    timings = json.loads((out / "timings.json").read_text())  # seconds and memory live apart from results
+    assert "wall_seconds" not in metrics and timings["wall_seconds"] > 0 and timings["machine"]["python"]
     for r in metrics["results"]:
-        for key in ("harmful_score", "finetune_accuracy", "train_seconds", "over_refusal", "harmful_score_plus"):
+        for key in ("harmful_score", "finetune_accuracy", "over_refusal", "harmful_score_plus"):
             assert isinstance(r[key], (int, float)), key
+        assert "train_seconds" not in r and isinstance(timings["results"][r["name"]]["train_seconds"], (int, float))
         assert 0 <= r["harmful_score"] <= 100
         lo, hi = r["harmful_score_ci"]
         assert lo <= r["harmful_score"] <= hi

@@ -51,7 +51,9 @@ from pathlib import Path
 
 from .config import ExperimentConfig, apply_overrides, from_dict, read_yaml
 from .errors import ConfigError, UserError
+from .paths import expand_path
 from .registry import DEFENSES, load_builtins
+from .rundir import read_marker
 
 #: keys of a YAML's ``bench:`` section
 BENCH_KEYS = {"defense_options", "exclude", "quick", "generation_prompts", "ablations", "quick_ablations",
@@ -694,6 +696,44 @@ def write_outputs(results: dict, out_dir: Path) -> None:
 # --------------------------------------------------------------------------- the command
 
 
+#: What a bench writes at the top of its folder besides ``run/`` (``--force`` removes only these).
+BENCH_FILES = ("results.json", "report.md", "hs_vs_fa.png", "overhead.png", "scaling.png")
+
+
+def is_bench_folder(out_dir: Path) -> bool:
+    """Proof that ``out_dir`` is a bench's: ``run/`` holds a valid run marker, or ``results.json``
+    is a bench's results (an object with ``methods``)."""
+    if read_marker(out_dir / "run") is not None:
+        return True
+    try:
+        res = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(res, dict) and "methods" in res
+
+
+def remove_bench(out_dir: Path) -> None:
+    """``--force`` on a proven bench folder: its results, report and plots and its run (what
+    ``rundir`` owns in it) go; any other file stays."""
+    from .rundir import LOCK, _classify, _lock, _remove_run, clean_temporaries
+
+    run = out_dir / "run"
+    lock = _lock(run) if _classify(run) == "run" else None  # a bench still running on it: refused here
+    try:
+        for name in BENCH_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        for p in out_dir.glob("safety_coefficients_*.png"):
+            p.unlink()
+        if lock is not None:
+            clean_temporaries(run)
+            if not _remove_run(run):
+                (run / LOCK).unlink(missing_ok=True)
+                run.rmdir()
+    finally:
+        if lock is not None:
+            lock.close()
+
+
 def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = False,
               overrides: list[str] = (), command: str = "", resume: bool = False) -> dict:
     import shutil
@@ -705,15 +745,16 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     from .pipeline import Context, Plan, machine, run_experiment, say
 
     raw = read_yaml(config)
-    out_dir = Path(out)
-    if resume and not (out_dir / "run" / "run.json").exists():
-        raise UserError(f"--resume: {str(out_dir)!r} holds no interrupted bench (no run/run.json)")
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+    out_dir = expand_path(out, "--out")
+    if resume and read_marker(out_dir / "run") is None:
+        raise UserError(f"--resume: {str(out_dir)!r} holds no interrupted bench (no valid run/run.json)")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not resume:
+        if not is_bench_folder(out_dir):  # never written into nor deleted from, --force or not
+            raise UserError(f"{str(out_dir)!r} is not empty and not a panacea bench folder (no valid run/run.json "
+                            f"or results.json); refusing to use it: set --out <new or empty folder>")
         if not force:
             raise UserError(f"{str(out_dir)!r} already holds bench results; pass --force, --resume or --out <new folder>")
-        if not (out_dir / "results.json").exists() and not (out_dir / "run").exists():
-            raise UserError(f"{str(out_dir)!r} is not a panacea bench folder; refusing to replace it")
-        shutil.rmtree(out_dir)
+        remove_bench(out_dir)
     cfg, bench, methods = build(raw, quick, overrides)
     cfg.output_dir = str(out_dir / "run")
     plan = Plan(cfg)

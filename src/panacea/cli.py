@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. finetune.data.n=100")
     r.add_argument("--force", action="store_true",
                    help="replace an existing run directory (without it, a run of the same config resumes "
-                   "and a different config is refused)")
+                   "and a different config is refused); only a panacea run (a valid run.json) is replaced, "
+                   "and files panacea did not write in it are kept")
     r.add_argument("--launcher", choices=["none", "accelerate"], default="none",
                    help="accelerate: re-run this command under `accelerate launch` on --num-processes "
                    "processes (same as `accelerate launch [--config_file F] -m panacea run ...`)")
@@ -351,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
+        if args.cmd in ("rejudge", "analyze", "export"):  # one absolute run path, as output_dir (paths.py)
+            from .paths import expand_path
+
+            args.run = str(expand_path(args.run, "RUN"))
         if args.cmd == "ls":
             cmd_ls(args.what)
             return 0
@@ -412,8 +417,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg, _ = load_config(args.config, args.overrides)
         if args.cmd == "validate":
-            from .pipeline import Context, Plan
+            from .models import cache_dir
+            from .pipeline import Context, Plan, env_threads
 
+            env_threads()  # the environment a run would read, validated like the config
+            cache_dir()
             plan = Plan(cfg)
             sizes = plan.check_data(Context(cfg))
             check_judge(cfg)

@@ -227,6 +227,13 @@ class EvalConfig:
     """Sample answers per variant printed at the end."""
 
     def __post_init__(self):
+        for key in ("harmful", "utility", "benign"):  # an empty set has no score: NaN, not a result
+            spec = getattr(self, key)
+            if spec is not None and spec.n is not None and spec.n < 1:
+                hint = "" if key == "harmful" else f" (eval.{key}: null skips it)"
+                raise ConfigError(f"eval.{key}.n must be ≥ 1, got {spec.n}; an empty evaluation set has no score{hint}")
+        if self.samples < 0:
+            raise ConfigError(f"eval.samples must be ≥ 0, got {self.samples}")
         _positive("eval.max_new_tokens", self.max_new_tokens)
         _positive("eval.utility_max_new_tokens", self.utility_max_new_tokens)
         _positive("eval.batch_size", self.batch_size)
@@ -242,6 +249,8 @@ class ExperimentConfig:
     """Run the experiment once per seed into ``<run_dir>/seed_<s>/`` and write ``summary.json``
     with mean ± 95 % interval (panacea.eval.seeds); ``seed`` is then ignored."""
     output_dir: str | None = None
+    """The run directory. ``~`` and ``$VARIABLES`` are expanded and the path is made absolute
+    (``..`` and links resolved) when the config is loaded; that one path is used everywhere."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
@@ -458,7 +467,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 32
 #: A Hugging Face access token; tokens come from the environment (HF_TOKEN), never from a config.
-_HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+_HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")  # anywhere: `run_hf_…` hides no token
 
 
 def _reason(e: BaseException) -> str:
@@ -517,19 +526,20 @@ def _check_text(value, name: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
+    from .paths import read_regular
+
     p = Path(path)
     try:
-        exists = p.is_file()
-        size = p.stat().st_size if exists else 0
+        exists = p.exists()
     except (OSError, ValueError):  # e.g. a name too long for the file system
-        exists, size = False, 0
+        exists = False
     if not exists:
         raise ConfigError(f"config file {_show(str(p), 200)} does not exist")
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {_show(str(p), 200)} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    # a regular file of at most MAX_CONFIG_BYTES: a FIFO or a device is refused, never read
+    data = read_regular(p, MAX_CONFIG_BYTES, "config file", error=ConfigError)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} cannot be read ({type(e).__name__})") from None
     try:
         raw = yaml.safe_load(text)
@@ -552,7 +562,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[Exp
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
     check_tree(raw)
-    return from_dict(ExperimentConfig, raw), raw
+    cfg = from_dict(ExperimentConfig, raw)
+    if cfg.output_dir is not None:  # one absolute path from here on (paths.expand_path)
+        from .paths import expand_path
+
+        cfg.output_dir = str(expand_path(cfg.output_dir, "output_dir"))
+    return cfg, raw
 
 
 def to_dict(cfg) -> dict:

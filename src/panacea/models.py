@@ -32,10 +32,22 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PANACEA_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "panacea"
+    """``$PANACEA_CACHE``, else ``$XDG_CACHE_HOME/panacea`` or ``~/.cache/panacea``, expanded and
+    resolved (paths.expand_path); an unusable value is a one-line ``UserError`` naming the variable."""
+    from .errors import UserError
+    from .paths import expand_path
+
+    for var, sub in (("PANACEA_CACHE", ""), ("XDG_CACHE_HOME", "panacea")):
+        root = os.environ.get(var, "")
+        if root:
+            try:
+                path = expand_path(root, var) / sub if sub else expand_path(root, var)
+            except ConfigError as e:
+                raise UserError(str(e)) from None
+            if path.exists() and not path.is_dir():
+                raise UserError(f"{var}: {str(path)!r} is not a folder")
+            return path
+    return Path.home().resolve() / ".cache" / "panacea"
 
 
 def _embedded_folder() -> Path:
@@ -74,13 +86,93 @@ def _embedded_folder() -> Path:
 
 
 def resolve(name_or_path: str) -> str:
-    """Map ``embedded`` to its cached folder; leave hub ids and folders alone."""
+    """Map ``embedded`` to its cached folder and a local folder to its expanded absolute path
+    (``local_folder``); leave hub ids alone."""
     if name_or_path == EMBEDDED:
         return str(_embedded_folder())
-    return name_or_path
+    folder = local_folder(name_or_path)
+    return str(folder) if folder is not None else name_or_path
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def local_folder(name_or_path: str) -> Path | None:
+    """The model folder ``name_or_path`` names (``~`` and ``$VARS`` expanded), or None for a hub id
+    or ``embedded``. A path-like name (``/``, ``./``, ``~``, ``$``) that is no folder is an error."""
+    from .paths import expand_path
+
+    if name_or_path == EMBEDDED:
+        return None
+    explicit = name_or_path.startswith(("/", "./", "../", "~", "$"))
+    try:
+        path = expand_path(name_or_path, "model.name_or_path")
+    except ConfigError:
+        if explicit:
+            raise
+        return None  # a hub id
+    if path.is_dir():
+        return path
+    if explicit:
+        raise DataError(f"model.name_or_path: no model folder {str(path)!r}")
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` is unusable (shorter than its header says: truncated), else None."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "truncated (no header)"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 << 20):
+                return "truncated or not safetensors (header length beyond the file)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "not a safetensors file (unreadable header)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (bad header)"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
+    if 8 + n + end > size:
+        return f"truncated ({size} bytes, the header promises {8 + n + end})"
+    return None
+
+
+def check_folder(mcfg) -> None:
+    """Fail early, with one line naming the folder, on a local model folder that cannot be loaded:
+    empty, no ``config.json``, no tokenizer files, or a truncated or broken ``*.safetensors``."""
+    folder = local_folder(mcfg.name_or_path)
+    if folder is None:
+        return
+    shown = repr(str(folder))
+    names = {p.name for p in folder.iterdir()}
+    if not names:
+        raise DataError(f"model.name_or_path: the model folder {shown} is empty")
+    if "config.json" not in names:
+        raise DataError(f"model.name_or_path: the model folder {shown} has no config.json")
+    if not names & {"tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"}:
+        raise DataError(f"model.name_or_path: the model folder {shown} has no tokenizer files")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise DataError(f"model.name_or_path: the model folder {shown} has no *.safetensors weights "
+                        f"(weights are loaded from safetensors only)")
+    for w in weights:
+        problem = _safetensors_problem(w)
+        if problem:
+            raise DataError(f"model.name_or_path: {w.name} in the model folder {shown} is {problem}")
+    load_tokenizer(mcfg)  # broken tokenizer files (one line, _folder_error)
+
+
+def _folder_error(mcfg, what: str, e: Exception) -> DataError:
+    folder = local_folder(mcfg.name_or_path)
+    where = f"the model folder {str(folder)!r}" if folder is not None else repr(mcfg.name_or_path)
+    return DataError(f"model.name_or_path: cannot load the {what} from {where} ({type(e).__name__}: {_first_line(e)})")
 
 
 def load_tokenizer(mcfg):
@@ -91,6 +183,10 @@ def load_tokenizer(mcfg):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
     except OSError as e:
         raise DataError(f"model.name_or_path: cannot load a tokenizer from {mcfg.name_or_path!r} ({_first_line(e)})") from None
+    except Exception as e:  # a local folder's broken tokenizer files (UnicodeDecodeError, ValueError, …)
+        if local_folder(mcfg.name_or_path) is None:
+            raise
+        raise _folder_error(mcfg, "tokenizer", e) from None
     if tok.pad_token is None:
         # protocol.md §2 adds a [PAD] token and resizes; reusing EOS needs no new embedding row
         # and is equivalent for training because padded label positions are −100.
@@ -112,6 +208,10 @@ def load_model(mcfg):
         )
     except (OSError, ValueError) as e:
         raise DataError(f"model.name_or_path: cannot load {mcfg.name_or_path!r} ({_first_line(e)})") from None
+    except Exception as e:  # a local folder's broken weights (SafetensorError, …)
+        if local_folder(mcfg.name_or_path) is None:
+            raise
+        raise _folder_error(mcfg, "weights", e) from None
     model.requires_grad_(False)
     model.eval()
     return model

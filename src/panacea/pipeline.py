@@ -12,7 +12,10 @@ Run directory layout::
     post/<name>/adapter/             one per post-fine-tuning defense
     eval/<variant>/result.json       one variant's metrics (+ done.json)
     generations/<variant>.jsonl      every evaluated answer with its judge verdict
-    metrics.json                     written last: ``results`` (one entry per variant)
+    timings.json                     wall time, machine, and per variant and stage the seconds and memory
+    metrics.json                     written last: ``results`` (one entry per variant), ``records``
+                                     (per stage), ``data_sizes``; no timings, so the same config and
+                                     seed on one machine give a byte-identical file
 
 ``metrics.json`` is written only when every stage and every evaluation has finished, so a run that
 failed never leaves a result that looks complete. Every file is written under a temporary name and
@@ -47,7 +50,7 @@ from .config import ExperimentConfig, TrainSettings, from_dict, parse_options, t
 from .data.base import DataSpec, Example
 from .data.mixing import check_disjoint, mix_poison, select
 from .data.templates import Collator, format_prompt, tokenize
-from .errors import ConfigError, NonFiniteError, UserError
+from .errors import ConfigError, DataError, NonFiniteError, UserError
 from .registry import DATASETS, DEFENSES, JUDGES
 from .distributed import barrier, device, init, is_main, num_processes, on_main
 from .rundir import (RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
@@ -213,6 +216,7 @@ class Plan:
     def check_data(self, ctx: Context) -> dict:
         """Load every pool once (fails early on missing files/packages) and check disjointness."""
         cfg = self.cfg
+        models.check_folder(cfg.model)  # an empty or truncated model folder: one line, before any run
         user_harm = ctx.examples(cfg.finetune.data.harmful, "finetune.data.harmful")
         task = ctx.examples(cfg.finetune.data.task, "finetune.data.task")
         n, sizes = cfg.finetune.data.n, {}
@@ -223,6 +227,11 @@ class Plan:
             if n - k > len(task):
                 raise UserError(f"finetune.data.n: {name} needs {n - k} task samples but finetune.data.task has {len(task)}")
         eval_harm = ctx.examples(cfg.eval.harmful, "eval.harmful")
+        for key, spec in (("eval.harmful", cfg.eval.harmful), ("eval.utility", cfg.eval.utility),
+                          ("eval.benign", cfg.eval.benign)):
+            if spec is not None and not ctx.examples(spec, key):  # e.g. start at the end of the pool
+                raise DataError(f"{key}: selects no rows (start {spec.start} of {len(ctx.pool(spec, key))}); "
+                                f"an empty evaluation set has no score")
         pools = {"finetune.data.harmful": user_harm, "eval.harmful": eval_harm}
         for key, spec in self.defender_sets():
             pools[key] = ctx.examples(spec, key)
@@ -266,7 +275,11 @@ def _check_train(train: TrainSettings, key: str) -> None:
 
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output_dir or Path("runs") / cfg.name)
+    """The run directory as one absolute path (``~``, ``$VARS`` and ``..`` resolved, paths.py);
+    every stage, the Trainer included, writes under exactly this path."""
+    from .rundir import resolve_run_dir
+
+    return resolve_run_dir(cfg.output_dir or Path("runs") / cfg.name)
 
 
 #: Free space kept on top of a stage's estimate (records, logs, file-system slack).
@@ -362,6 +375,8 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
 
     hf_logging.set_verbosity_error()
     t_start = time.perf_counter()
+    env_threads()  # a bad environment variable fails before anything is created
+    models.cache_dir()
     plan = Plan(cfg)
     probe = Context(cfg)
     sizes = plan.check_data(probe)
@@ -370,7 +385,7 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     with open_run_dir_on_main(run_dir_of(cfg), to_dict(cfg), force) as rd:
         if rd.mode == "complete":
             say(f"{rd.path} is complete (metrics.json verified): nothing to do; --force runs it again")
-            return rd.completed("metrics.json")
+            return merge_timings(rd.completed("metrics.json"), read_timings(rd.path))
         if rd.mode == "resume":
             say(f"resuming {rd.path}: finished stages are verified and skipped")
         rd.set_status("running", pid=os.getpid(), resumed=rd.mode == "resume")
@@ -385,8 +400,70 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
             if err is not e:
                 raise err from None
             raise
-        rd.finish("metrics.json", metrics, wall_seconds=metrics["wall_seconds"])
+        results_only, timings = split_timings(metrics)
+        write_json(rd.path / "timings.json", timings)
+        rd.finish("metrics.json", results_only, wall_seconds=metrics["wall_seconds"])
     return metrics
+
+
+#: Fields that measure the machine and the moment, not the method: ``timings.json`` holds them, so
+#: two runs of one config and seed on one machine write byte-identical ``metrics.json``.
+TIMING_KEYS = ("train_seconds", "step_seconds", "peak_memory_gb", "eval_seconds", "apply_seconds",
+               "memory_kind", "device")
+TIMING_TOP = ("wall_seconds", "machine")
+
+
+def split_timings(metrics: dict) -> tuple[dict, dict]:
+    """``(metrics.json, timings.json)`` contents of a run's metrics: the results and records
+    without ``TIMING_KEYS``, and those keys per variant (``results``) and per stage (``records``)
+    with the wall time and the machine."""
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+    def take(r):
+        return {k: r[k] for k in TIMING_KEYS if k in r}
+
+    out = {k: v for k, v in metrics.items() if k not in TIMING_TOP}
+    out["results"] = strip(metrics["results"])
+    timings = {k: metrics[k] for k in TIMING_TOP if k in metrics}
+    timings["results"] = {r["name"]: take(r) for r in metrics["results"]}
+    if "records" in metrics:
+        out["records"] = {n: strip([r])[0] for n, r in metrics["records"].items()}
+        timings["records"] = {n: take(r) for n, r in metrics["records"].items()}
+    return out, timings
+
+
+def merge_timings(metrics: dict | None, timings: dict | None) -> dict | None:
+    """The in-memory metrics of a run (as ``run_experiment`` returns them): ``metrics.json`` with
+    the fields of ``timings.json`` put back (``split_timings`` undone); either may be None."""
+    if metrics is None or not isinstance(timings, dict):
+        return metrics
+    out = {**metrics, **{k: timings[k] for k in TIMING_TOP if k in timings}}
+    per = timings.get("results") if isinstance(timings.get("results"), dict) else {}
+    out["results"] = [{**r, **per.get(r.get("name"), {})} for r in metrics.get("results", [])]
+    recs = timings.get("records") if isinstance(timings.get("records"), dict) else {}
+    if isinstance(metrics.get("records"), dict):
+        out["records"] = {n: {**r, **recs.get(n, {})} for n, r in metrics["records"].items()}
+    return out
+
+
+def read_timings(run_dir: Path) -> dict | None:
+    """``run_dir/timings.json``, or None when absent or unreadable (timings are informative only)."""
+    try:
+        t = json.loads((Path(run_dir) / "timings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return t if isinstance(t, dict) else None
+
+
+def load_metrics(run_dir: Path) -> dict:
+    """A finished run's ``metrics.json`` merged with its ``timings.json`` ({} when unreadable); a
+    ``metrics.json`` of an older panacea, which held the timings itself, is returned as it is."""
+    try:
+        m = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return merge_timings(m, read_timings(run_dir)) if isinstance(m, dict) else {}
 
 
 class FollowerRunDir(RunDir):
@@ -518,6 +595,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         except ConfigError as e:
             raise ConfigError(f"post.{name}: {e}") from None
         secs = time.perf_counter() - t0
+        check_repaired(model, ctx, info, f"post-fine-tuning {name}", f"post.{name}")
         from .training import save_adapter
 
         with atomic_path(out / "adapter") as tmp:
@@ -539,6 +617,49 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         "wall_seconds": wall,
         "machine": machine(),
     }
+
+
+def nonfinite(obj, key: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in ``obj`` (nested dicts and lists), else None."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return key or "the value"
+    items = []
+    if isinstance(obj, dict):
+        items = [(v, f"{key}.{k}" if key else str(k)) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = [(v, f"{key}[{i}]") for i, v in enumerate(obj)]
+    for v, sub in items:
+        found = nonfinite(v, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def check_repaired(model, ctx: Context, info: dict, label: str, key: str) -> None:
+    """The fault guard after a post-fine-tuning defense: every weight finite, the model's logits on
+    the first evaluation prompt finite (huge but finite weights overflow there), and the numbers
+    the defense reports finite. Raises a one-line ``UserError`` naming the stage otherwise."""
+    import torch
+
+    for pname, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise UserError(f"{label}: non-finite weights in {pname} after the defense; nothing was saved "
+                            f"(check {key}'s options)")
+    ex = ctx.examples(ctx.cfg.eval.harmful, "eval.harmful")[0]
+    batch = ctx.tokenizer(ctx.format(ex), return_tensors="pt")
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits
+    if not torch.isfinite(logits).all():
+        top = max(float(p.detach().abs().max()) for p in model.parameters() if p.requires_grad) \
+            if any(p.requires_grad for p in model.parameters()) else float("nan")
+        raise UserError(f"{label}: the model's outputs are NaN or infinite after the defense (largest trainable "
+                        f"weight {top:.3g}); nothing was saved (lower the strength in {key})")
+    bad = nonfinite(info)
+    if bad is not None:
+        raise UserError(f"{label}: the defense reported a non-finite {bad}; nothing was saved (check {key}'s options)")
 
 
 def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
@@ -574,6 +695,9 @@ def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
             model.to("cuda")
         m, gens = evaluate_variant(model, tok, ctx.format, judge, e, harmful, utility, match, benign, v)
         del model
+        bad = nonfinite(m)
+        if bad is not None:
+            raise UserError(f"evaluation of {v}: {bad} is not a finite number; no result was written")
         rec = records.get(v, {})
         row = {"name": v, **m, "train_seconds": rec.get("train_seconds", 0.0),
                "step_seconds": rec.get("step_seconds"), "peak_memory_gb": rec.get("peak_memory_gb"),
@@ -590,12 +714,30 @@ def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
     return results
 
 
+#: The most threads ``PANACEA_THREADS`` may ask for (more is a typo, not a machine).
+MAX_THREADS = 4096
+
+
+def env_threads() -> int | None:
+    """``PANACEA_THREADS`` as a number of threads (None when unset or empty).
+
+    Raises:
+        UserError: one line naming the variable, for anything but a whole number in [1, 4096].
+    """
+    n = os.environ.get("PANACEA_THREADS", "").strip()
+    if not n:
+        return None
+    if not n.isdigit() or not 1 <= int(n) <= MAX_THREADS:
+        raise UserError(f"PANACEA_THREADS must be a whole number of threads from 1 to {MAX_THREADS}, got {n[:40]!r}")
+    return int(n)
+
+
 def torch_threads():
     import torch
 
-    n = os.environ.get("PANACEA_THREADS")
+    n = env_threads()
     if n:
-        torch.set_num_threads(int(n))
+        torch.set_num_threads(n)
 
 
 def cpu_model() -> str:

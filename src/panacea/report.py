@@ -26,7 +26,9 @@ def format_results(metrics: dict, samples: bool = True) -> str:
             _f(r.get("train_seconds"), 0),
         ])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
-    lines = [f"results: {metrics['name']}  (HS, HS+, shares, FA, OR in %; wall {metrics['wall_seconds']:.0f} s)"]
+    wall = metrics.get("wall_seconds")  # from timings.json, which a copied run may lack
+    lines = [f"results: {metrics['name']}  (HS, HS+, shares, FA, OR in %"
+             f"{'' if wall is None else f'; wall {wall:.0f} s'})"]
     for j, row in enumerate(table):
         lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if j == 0:

@@ -1,10 +1,14 @@
 """The run directory: atomic files, checksummed stage manifests, resume, locking and free space.
 
-A run directory belongs to exactly one resolved config. ``run.json`` records the sha256 of its
-canonical YAML (``config_digest``; ``output_dir`` excluded, so a moved directory still resumes).
-``panacea run`` on an existing directory therefore does one of three things (``open_run_dir``):
+A run directory belongs to exactly one resolved config. ``run.json``, the run marker, records the
+sha256 of its canonical YAML (``config_digest``; ``output_dir`` excluded, so a moved directory
+still resumes) and a schema; it is written first, atomically, when a run starts, and it is the only
+proof that a folder is a panacea run (``read_marker``): a folder without a valid marker that holds
+anything but the lock and temporaries of an interrupted start is never written into nor deleted
+from, ``--force`` or not. ``panacea run`` on a proven run does one of three things (``open_run_dir``):
 
-* the config differs: refuse, naming the first differing dotted key (``--force`` replaces the run);
+* the config differs: refuse, naming the first differing dotted key (``--force`` replaces the run,
+  removing what panacea wrote and keeping any other file);
 * the run finished (``status.json`` says done and ``metrics.json`` matches its checksum): report it
   and do nothing;
 * otherwise resume: every stage whose manifest verifies is skipped, an interrupted training stage
@@ -19,8 +23,10 @@ every output file and of every input adapter file it was built from::
 A stage counts as done only if every listed file still has its checksum, so a truncated file, a
 half-written directory or a re-trained upstream stage with different weights re-runs it. Every
 file is written under a temporary name, flushed to disk and renamed (``write_atomic``,
-``atomic_path``). Tokens in the environment (``HF_TOKEN`` and friends) are replaced by
-``<redacted>`` in everything written through this module.
+``atomic_path``); opening a run removes the stale temporaries of that naming left by a kill
+(``clean_temporaries``). Tokens in the environment (``HF_TOKEN`` and friends) are replaced by
+``<redacted>`` in everything written through this module, except that a config holding one is
+refused instead (``secret_in``): redacting ``config.yaml`` would change the run's identity.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -99,8 +107,21 @@ def _main_process() -> bool:
     return is_main()
 
 
+def _finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as valid JSON: the stages stop on a non-finite number they compute (pipeline's fault
+    guards); any other one is written as ``null``, never as a bare ``NaN``/``Infinity``."""
+    write_atomic(path, json.dumps(_finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -210,9 +231,23 @@ def invalidate(stage_dir: Path) -> None:
 # --------------------------------------------------------------------------- the config a directory belongs to
 
 
+#: Keys that only bound how a run reads its inputs, left out of its identity when unset, so a run
+#: made before they existed still resumes.
+_UNSET_NOT_IDENTITY = ("max_bytes",)
+
+
+def _identity(node):
+    if isinstance(node, dict):
+        return {k: _identity(v) for k, v in node.items() if not (k in _UNSET_NOT_IDENTITY and v is None)}
+    if isinstance(node, list):
+        return [_identity(v) for v in node]
+    return node
+
+
 def canonical(resolved: dict) -> str:
-    """The canonical YAML of a resolved config (sorted keys, ``output_dir`` left out)."""
-    data = {k: v for k, v in resolved.items() if k != "output_dir"}
+    """The canonical YAML of a resolved config (sorted keys, ``output_dir`` left out, and unset
+    ``_UNSET_NOT_IDENTITY`` keys)."""
+    data = {k: _identity(v) for k, v in resolved.items() if k != "output_dir"}
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
@@ -250,6 +285,159 @@ def _short(v) -> str:
 
 
 # --------------------------------------------------------------------------- opening a run directory
+
+#: ``run.json``, the run marker: the proof that a folder is a panacea run. It is written first
+#: (atomically) when a run directory is created; only a folder holding a valid marker is ever
+#: resumed or replaced (``--force``).
+MARKER_FILE = "run.json"
+SCHEMA = "panacea-run/1"
+
+#: The temporaries this module names, and nothing else: ``write_atomic``'s ``.<name>.<pid>.tmp``
+#: (also ``checkpoint.py``'s), ``atomic_path``'s ``.<name>.tmp-<random>/`` and the
+#: ``.<name>.old-<pid>/`` copy it moves aside while a folder is replaced.
+_TMP_FILE = re.compile(r"\..+\.\d+\.tmp")
+_TMP_DIR = re.compile(r"\..+\.tmp-[A-Za-z0-9_]+")
+_OLD_DIR = re.compile(r"\.(.+)\.old-\d+")
+
+#: What a run directory holds at its top level (pipeline.py, eval/seeds.py, rejudge, export,
+#: analyze): ``--force`` removes these from a proven run and keeps anything else.
+_OWN_FILES = {"config.yaml", MARKER_FILE, "status.json", "metrics.json", "timings.json", "summary.json"}
+_OWN_DIRS = {"alignment", "finetune", "post", "eval", "generations", "exports", "analysis"}
+_OWN_PATTERNS = (re.compile(r"rejudge_[A-Za-z0-9_.+-]+(\.json)?"), re.compile(r"seed_-?\d+"))
+
+
+def _is_temporary(p: Path) -> bool:
+    name = p.name
+    if p.is_symlink():
+        return False
+    if p.is_file():
+        return bool(_TMP_FILE.fullmatch(name))
+    return p.is_dir() and bool(_TMP_DIR.fullmatch(name) or _OLD_DIR.fullmatch(name))
+
+
+def read_marker(run_dir: Path) -> dict | None:
+    """The run marker of ``run_dir`` if it is valid, else None.
+
+    Valid: ``run.json`` is a JSON object with ``schema`` ``panacea-run/1`` and a sha256
+    ``config_sha256``. A marker of an older panacea (no ``schema``) counts only if the folder's
+    ``config.yaml`` has exactly that sha256, which no folder has by chance.
+    """
+    p = run_dir / MARKER_FILE
+    try:
+        if p.is_symlink() or not p.is_file() or p.stat().st_size > 1 << 16:
+            return None
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(m.get("config_sha256", ""))):
+        return None
+    if m.get("schema") == SCHEMA:
+        return m
+    if "schema" in m:
+        return None
+    try:
+        old = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return m if isinstance(old, dict) and config_digest(old) == m["config_sha256"] else None
+
+
+def _classify(run_dir: Path) -> str:
+    """``absent``, ``file``, ``empty`` (nothing but the lock and temporaries of an interrupted
+    start), ``run`` (a valid marker) or ``foreign`` (anything else)."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return "absent"
+    if not run_dir.is_dir():
+        return "file"
+    if read_marker(run_dir) is not None:
+        return "run"
+    rest = [p for p in run_dir.iterdir() if p.name != LOCK and not _is_temporary(p)]
+    return "foreign" if rest else "empty"
+
+
+def clean_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the stale temporaries of ``run_dir``'s own naming (``_TMP_FILE``, ``_TMP_DIR``,
+    ``_OLD_DIR``) anywhere inside it, never following symbolic links; call it only with the
+    run's lock held, so no other panacea process is writing them.
+
+    A ``.<name>.old-<pid>/`` copy whose ``<name>`` is missing (a kill between the two renames of
+    ``atomic_path``) is renamed back to ``<name>``: it is the last complete version, and the
+    stage manifest decides whether it is still valid. Returns what was removed or restored.
+    """
+    touched = []
+    for root, dirs, files in os.walk(run_dir, topdown=True, followlinks=False):
+        here = Path(root)
+        for name in files:
+            if _TMP_FILE.fullmatch(name) and not (here / name).is_symlink():
+                (here / name).unlink(missing_ok=True)
+                touched.append(here / name)
+        for name in list(dirs):
+            p = here / name
+            if p.is_symlink():
+                continue
+            old = _OLD_DIR.fullmatch(name)
+            if old and not (here / old.group(1)).exists():
+                os.replace(p, here / old.group(1))
+                touched.append(p)
+                dirs.remove(name)
+            elif old or _TMP_DIR.fullmatch(name):
+                shutil.rmtree(p, ignore_errors=True)
+                touched.append(p)
+                dirs.remove(name)
+    if touched:
+        _fsync_dir(run_dir)
+    return touched
+
+
+def _remove_run(run_dir: Path) -> list[str]:
+    """``--force``: remove what a panacea run writes at the top of ``run_dir`` (``_OWN_FILES``,
+    ``_OWN_DIRS``, ``rejudge_*``, the ``seed_<s>/`` runs, which are themselves checked for their
+    marker or hold nothing but a lock) and keep everything else. Returns the names kept."""
+    kept = []
+    for p in sorted(run_dir.iterdir()):
+        name = p.name
+        if name == LOCK:
+            continue
+        if p.is_symlink():
+            if name in _OWN_FILES:
+                p.unlink()
+            else:
+                kept.append(name)
+        elif p.is_file() and (name in _OWN_FILES or _OWN_PATTERNS[0].fullmatch(name)):
+            p.unlink()
+        elif p.is_dir() and (name in _OWN_DIRS or _OWN_PATTERNS[0].fullmatch(name)):
+            shutil.rmtree(p)
+        elif p.is_dir() and _OWN_PATTERNS[1].fullmatch(name) and _classify(p) in ("run", "empty"):
+            sub_kept = _remove_run(p) if _classify(p) == "run" else []
+            if sub_kept:
+                kept += [f"{name}/{k}" for k in sub_kept]
+                continue
+            for q in p.iterdir():  # what is left: the lock and temporaries of a start
+                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else q.unlink()
+            p.rmdir()
+        else:
+            kept.append(name)
+    return kept
+
+
+def secret_in(resolved: dict) -> tuple[str, str] | None:
+    """``(dotted key, variable)`` of the first config value or key holding the value of a hub
+    token variable of the environment (``TOKEN_VARIABLES``, 8 characters or more), else None."""
+    values = [(n, os.environ.get(n, "")) for n in TOKEN_VARIABLES]
+    values = [(n, v) for n, v in values if len(v) >= 8]
+    if not values:
+        return None
+    stack = [(resolved, "")]
+    while stack:
+        node, key = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            sub = f"{key}.{k}" if key else str(k)
+            stack.append((v, sub))
+            for name, value in values:
+                if value in str(k) or (isinstance(v, str) and value in v):
+                    return sub, name
+    return None
 
 
 class RunDir:
@@ -308,54 +496,89 @@ def _lock(path: Path):
     return f
 
 
+def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
+    """The one absolute path of a run directory (``paths.expand_path``: ``~``, ``$VARS``, ``..``)."""
+    from .paths import expand_path
+
+    return expand_path(run_dir, "output_dir")
+
+
 def open_run_dir(run_dir: Path, resolved: dict, force: bool) -> RunDir:
     """Create, resume or (with ``force``) replace the run directory of the resolved config ``resolved``.
 
+    ``run_dir`` is expanded and resolved first (``resolve_run_dir``); the returned ``RunDir.path``
+    is that absolute path, and every check is made on it, once before and once after the folder
+    is created and locked. A folder is used only if it is absent, empty (or holds nothing but
+    the lock and temporaries of an interrupted start), or a proven panacea run (``read_marker``).
+    A new run writes its marker ``run.json`` first, then ``config.yaml``.
+
     Raises:
-        UserError: ``run_dir`` is a file or a folder that is not a panacea run; it belongs to a
-            different config (naming the first differing key), or to an older panacea without
-            ``run.json``; or another process is using it. ``--force`` lifts the last three
-            except a concurrent process.
+        UserError: ``run_dir`` is a file, or a folder that is not a panacea run (with or without
+            ``force``: such a folder is never written into nor deleted from); the config holds
+            the value of a hub token variable; the run belongs to a different config (naming the
+            first differing key) or its ``config.yaml`` was changed (``force`` replaces the run:
+            it removes what panacea wrote and keeps any other file); another process uses it.
     """
-    run_dir = Path(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     shown = repr(str(run_dir)) if len(str(run_dir)) <= 200 else repr(str(run_dir)[:199] + "…")
     digest = config_digest(resolved)
+    leak = secret_in(resolved)
+    if leak is not None:
+        raise UserError(f"{leak[0]} holds the value of ${leak[1]}; a token is read from the environment "
+                        f"only and never stored with a run: remove it from the config")
+    foreign = (f"output directory {shown} is not empty and not a panacea run (no valid {MARKER_FILE}); "
+               f"panacea never writes into or deletes from such a folder: set output_dir=<new or empty folder>")
     try:
-        if run_dir.exists() and not run_dir.is_dir():
+        before = _classify(run_dir)
+        if before == "file":
             raise UserError(f"output directory {shown} is a file")
-        existing = run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir())
-        if existing and not (run_dir / "config.yaml").exists() and not (run_dir / "status.json").exists():
-            raise UserError(f"output directory {shown} is not empty and not a panacea run; refusing to use it")
+        if before == "foreign":
+            raise UserError(foreign)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(run_dir)
     except OSError as e:  # a name too long, no permission, a read-only or missing file system
         raise UserError(f"output directory {shown} cannot be used ({e.strerror or type(e).__name__})") from None
     try:
-        if existing and force:
-            for p in run_dir.iterdir():
-                if p.name != LOCK:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        elif existing:
+        # again, on the folder as it now exists and is locked: the same place, the same kind
+        after = _classify(run_dir)
+        if run_dir.resolve() != run_dir or after in ("file", "foreign") or (after == "run") != (before == "run"):
+            raise UserError(f"output directory {shown} changed while it was being opened; {foreign.split('; ', 1)[1]}"
+                            if after == "foreign" else f"output directory {shown} changed while it was being opened")
+        clean_temporaries(run_dir)
+        if after == "run" and force:
+            kept = _remove_run(run_dir)
+            if kept:
+                print(f"panacea: --force kept {len(kept)} file(s) in {shown} that panacea did not write: "
+                      f"{', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}", flush=True)
+        elif after == "run":
             _same_config(run_dir, resolved, digest)
             rd = RunDir(run_dir, "resume", digest, lock)
             if rd.completed("metrics.json") is not None or rd.completed("summary.json") is not None:
                 rd.mode = "complete"
             return rd
+        write_json(run_dir / MARKER_FILE, {"schema": SCHEMA, "config_sha256": digest,
+                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-        write_json(run_dir / "run.json", {"config_sha256": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return RunDir(run_dir, "new", digest, lock)
+    except OSError as e:
+        lock.close()
+        raise UserError(f"output directory {shown} cannot be used ({e.strerror or type(e).__name__})") from None
     except BaseException:
         lock.close()
         raise
 
 
 def _same_config(run_dir: Path, resolved: dict, digest: str) -> None:
+    """Refuse a proven run of another config (``read_marker`` has vouched for ``run.json``).
+
+    A run killed between its marker and its ``config.yaml`` (the first milliseconds of a start)
+    gets its ``config.yaml`` now when the marker records this very config.
+    """
     shown = repr(str(run_dir))
     hint = "pass --force to replace it or set output_dir=<new folder>"
-    try:
-        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"output directory {shown} already holds a run without a resume record (run.json); {hint}") from None
+    recorded = read_marker(run_dir)["config_sha256"]
+    if not (run_dir / "config.yaml").exists() and recorded == digest:
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     try:
         old = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):

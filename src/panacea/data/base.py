@@ -68,3 +68,14 @@ class DataSpec:
     """Dataset config name for the ``hub`` loader."""
     size: int | None = None
     """Generated datasets: how many rows to generate in this split."""
+    max_bytes: int | None = None
+    """Largest file the file loaders read from ``path`` (default ``paths.MAX_DATA_BYTES``, 1 GiB);
+    a bigger file is refused with one line instead of filling the memory. Not part of a run's
+    identity when unset (``rundir.canonical``)."""
+
+    def __post_init__(self):
+        from ..errors import ConfigError
+
+        # start and n are checked against the pool when rows are selected (mixing.select)
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ConfigError(f"max_bytes must be ≥ 1, got {self.max_bytes}")

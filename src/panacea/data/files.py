@@ -77,19 +77,20 @@ def rows_to_examples(
 
 
 def _read_text(spec: DataSpec, loader: str) -> tuple[Path, str]:
+    """The file ``data.path`` (``~`` and ``$VARS`` expanded, paths.py) and its text: a regular file
+    only (never a FIFO or a device, which would hang or never end) of at most ``data.max_bytes``."""
+    from ..paths import MAX_DATA_BYTES, expand_path, read_regular
+
     if spec.path is None:
         raise ConfigError(f"data.path is required for the {loader} loader")
     try:
-        path = Path(spec.path).expanduser()
-        found = path.exists()
-    except (OSError, ValueError, RuntimeError):  # a name too long, an unknown ~user
-        path, found = Path(spec.path), False
-    if not found:
-        shown = str(path) if len(str(path)) <= 200 else str(path)[:199] + "…"
-        raise DataError(f"{shown}: file not found")
+        path = expand_path(spec.path, "data.path")
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    data = read_regular(path, spec.max_bytes or MAX_DATA_BYTES, "data file")
     try:
-        return path, path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
+        return path, data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
 
 

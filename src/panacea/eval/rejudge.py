@@ -68,13 +68,10 @@ def _variants(run: Path) -> list[tuple[str, Path]]:
 
 
 def _metrics(run: Path) -> dict:
-    p = run / "metrics.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """metrics.json with the timings of timings.json (``pipeline.load_metrics``), {} if unreadable."""
+    from ..pipeline import load_metrics
+
+    return load_metrics(run)
 
 
 def _stem(judge_name: str, tag: str | None) -> str:
