@@ -56,8 +56,8 @@ def make_run(tmp_path: Path) -> Path:
             rows.append({"name": v, "harmful_score": hs, "harmful_score_ci": [hs - 5, hs + 5],
                          "finetune_accuracy": fa, "over_refusal": 5.0, "share_refused": 100 - hs})
             (d / "generations" / f"{v}.jsonl").write_text(json.dumps({"set": "harmful", "prompt": "p", "response": "r"}) + "\n")
-        (d / "metrics.json").write_text(json.dumps({"name": "toy", "results": rows, "wall_seconds": 10.0,
-                                                    "machine": {"cpu": "Test CPU", "cpus": 2}}))
+        (d / "metrics.json").write_text(json.dumps({"name": "toy", "results": rows}))
+        (d / "timings.json").write_text(json.dumps({"wall_seconds": 10.0, "machine": {"cpu": "Test CPU", "cpus": 2}}))
     (run / "summary.json").write_text(json.dumps({"runs": {str(s): f"seed_{s}" for s in CONFIG["seeds"]},
                                                   "wall_seconds": 31.0}))
     return run
@@ -66,9 +66,10 @@ def make_run(tmp_path: Path) -> Path:
 def test_record_keeps_configs_metrics_answers_and_provenance_but_no_adapters(tmp_path):
     run = make_run(tmp_path)
     out = record(run, tmp_path / "results" / "toy", command="panacea run toy.yaml")
+    assert (out / "seed_1" / "timings.json").is_file() and (out / "summary.json").is_file()
     meta = json.loads((out / "result.json").read_text())
     assert meta["seeds"] == [1, 2, 3] and meta["command"] == "panacea run toy.yaml"
-    assert meta["wall_seconds"] == 31.0 and meta["machine"]["cpu"] == "Test CPU"
+    assert meta["wall_seconds"] == 31.0 and meta["machine"]["cpu"] == "Test CPU"  # the parent's wall time
     assert set(meta["versions"]) >= {"panacea", "torch", "transformers", "peft", "accelerate"}
     assert meta["versions"]["torch"] and "commit" in meta["git"]
     assert meta["eval"]["harmful"]["part"] == "validation"
@@ -136,3 +137,26 @@ def test_committed_results_docs_are_generated(monkeypatch):
     assert list((ROOT / "results").glob("*/result.json")), "results/ holds no recorded result"
     monkeypatch.chdir(ROOT)
     tables("results", write="docs/results.md", readme="README.md", check=True)
+
+
+def test_record_joins_separate_seed_runs_of_one_config(tmp_path):
+    """Seeds run as separate processes become one result; a run of another config is refused."""
+    run = make_run(tmp_path)
+    singles = []
+    for s in (1, 2, 3):
+        d = tmp_path / f"single_{s}"
+        (run / f"seed_{s}").rename(d)
+        singles.append(d)
+    out = record(singles, tmp_path / "joined")
+    meta = json.loads((out / "result.json").read_text())
+    assert meta["seeds"] == [1, 2, 3] and meta["seed_dirs"] == {"1": "seed_1", "2": "seed_2", "3": "seed_3"}
+    assert meta["wall_seconds"] == 30.0
+    res = load(out)
+    assert next(r for r in res["summary"] if r["name"] == "panacea@rho2")["metrics"]["harmful_score"]["mean"] == 41.0
+    other = yaml.safe_load((singles[2] / "config.yaml").read_text())
+    other["finetune"]["runs"]["sft"]["defense"] = "lisa"
+    (singles[2] / "config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(UserError, match="finetune.runs.sft.defense differs"):
+        record(singles, tmp_path / "joined2")
+    with pytest.raises(UserError, match="seed 1 is in both"):
+        record([singles[0], singles[0]], tmp_path / "joined3")

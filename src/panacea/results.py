@@ -3,7 +3,7 @@ the tables from what was kept.
 
 ``panacea record RUN results/NAME`` copies what a table needs from a finished run directory (one
 seed, or a ``seeds: [...]`` parent with ``seed_<s>/`` folders) and nothing else: the resolved
-``config.yaml``, every seed's ``metrics.json`` and ``generations/*.jsonl`` (the saved answers, so
+``config.yaml``, every seed's ``metrics.json``, ``timings.json`` and ``generations/*.jsonl`` (the saved answers, so
 a new judge re-scores them with ``panacea rejudge results/NAME --judge J`` without retraining),
 ``summary.json``, and a ``result.json`` with the provenance: the command, seeds, package versions,
 git commit, machine and wall time. No adapters or checkpoints are copied.
@@ -34,6 +34,7 @@ import yaml
 
 from .errors import UserError
 from .eval.seeds import summarize
+from .pipeline import merge_timings, read_timings
 from .registry import DEFENSES
 
 SCHEMA = "panacea-result/1"
@@ -161,7 +162,9 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         if not gens.is_dir():
             raise UserError(f"{gens} is missing: the saved answers are needed to re-judge")
         shutil.copytree(gens, dst / "generations")
-        m = _read_json(d / "metrics.json")
+        if (d / "timings.json").is_file():
+            shutil.copy2(d / "timings.json", dst / "timings.json")
+        m = merge_timings(_read_json(d / "metrics.json"), read_timings(d))
         wall[str(seed)] = m.get("wall_seconds")
         machine = machine or m.get("machine")
         per_seed[seed] = m["results"]
