@@ -121,3 +121,37 @@ def test_the_shipped_pyrit_files():
     assert len({it.category for it in items}) == 9
     sizes = {s: len(v) for s, v in split_items(items).items()}
     assert sizes == {"train": 662, "validation": 214, "test": 217}
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("panacea: error:"), err
+    return err
+
+
+def test_judge_eval_on_the_test_split(tmp_path, capsys):
+    from panacea.cli import main
+
+    out = tmp_path / "rep.json"
+    assert main(["judge-eval", "--judge", "refusal", "--data", "pyrit-human:test", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "judge-eval: refusal on pyrit-human:test (n=217" in text and "violence" in text
+    import json
+
+    rep = json.loads(out.read_text())
+    assert rep["n"] == 217 and set(rep["by_group"]) >= {"violence", "refusal", "hate_speech"}
+    assert sum(m["n"] for m in rep["by_group"].values()) == 217
+    assert rep["by_group"]["refusal"]["n_harmful"] == 0
+
+
+def test_judge_eval_bad_split_and_bad_params(capsys):
+    from panacea.cli import main
+
+    assert main(["judge-eval", "--judge", "refusal", "--data", "pyrit-human:dev"]) == 2
+    assert "pyrit-human:dev: unknown split" in one_line_error(capsys)
+    assert main(["judge-eval", "--judge", "learned", "--data", "pyrit-human:test",
+                 "--judge-option", "params=/nonexistent/learned.json"]) == 2
+    assert "eval.judge_options.params: parameter file '/nonexistent/learned.json' not found" in one_line_error(capsys)
