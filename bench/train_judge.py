@@ -68,11 +68,16 @@ def tables(results: dict) -> str:
         lines.append(f"| {g} | {m['n']} | {m['n_harmful']} | " + " | ".join(cells) + " |")
     sp = results["speed"]
     cats = reps["learned"]["categories"]
-    lines += ["", f"Speed of `learned` on the test answers: {sp['answers_per_second']:.1f} answers/s "
-              f"({sp['torch_threads']} torch thread(s), {sp['n']} answers in {sp['seconds']:.1f} s, encoder "
-              f"warm); on the same answers cut to 40 words (about a 48-token evaluation answer): "
-              f"{sp['short_answers_per_second']:.1f} answers/s.",
-              "", "Categories of `learned` on the test split: "
+    lines += ["", f"Speed (answers/s wall clock, in brackets per CPU-second; encoder warm, "
+              f"{sp['learned']['torch_threads']} torch thread(s) on {sp['learned']['cpus']} CPUs, 1-minute load "
+              f"average {sp['learned']['load_average_1min_before']} before the measurement, i.e. shared with other "
+              "work):", "", "| judge | test pairs | evaluation-sized pairs (prompt 20 words, answer 40 words) |",
+              "| --- | --- | --- |"]
+    for j in ("harm", "learned"):
+        x = sp[j]
+        lines.append(f"| `{j}` | {x['test_answers_per_second']:.1f} ({x['test_answers_per_cpu_second']:.1f}) | "
+                     f"{x['short_answers_per_second']:.1f} ({x['short_answers_per_cpu_second']:.1f}) |")
+    lines += ["", "Categories of `learned` on the test split: "
               + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + "."]
     return "\n".join(lines)
 
@@ -84,6 +89,25 @@ def update_doc(doc: Path, results: dict) -> None:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     doc.write_text(f"{head}{BEGIN}\n{tables(results)}\n{END}{tail}", encoding="utf-8")
+
+
+def speed(judge, data) -> dict:
+    """Answers per second (wall clock and per CPU-second) on the test pairs and on evaluation-sized
+    pairs (prompts cut to 20 words like a StrongREJECT prompt, answers to 40 words ≈ 48 tokens)."""
+    import torch
+
+    judge(data.prompts[:8], data.responses[:8])  # warm
+    load = os.getloadavg()[0]
+    out = {"n": len(data), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "load_average_1min_before": round(load, 2)}
+    short = ([" ".join(p.split()[:20]) for p in data.prompts], [" ".join(r.split()[:40]) for r in data.responses])
+    for key, (prompts, answers) in (("test", (data.prompts, data.responses)), ("short", short)):
+        t, c = time.perf_counter(), time.process_time()
+        judge(prompts, answers)
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
+        out[f"{key}_answers_per_second"] = round(len(data) / dt, 1)
+        out[f"{key}_answers_per_cpu_second"] = round(len(data) / cpu, 1)
+    return out
 
 
 def evaluate(params_path: Path, seed: int, command: str) -> dict:
@@ -107,18 +131,8 @@ def evaluate(params_path: Path, seed: int, command: str) -> dict:
         out["judges"][name] = rep
         print(f"{name:<8} AUROC {_f(rep['auroc'])} [{_f(rep['auroc_ci'][0])}–{_f(rep['auroc_ci'][1])}]  "
               f"acc {_f(rep['accuracy'])}  F1 {_f(rep['f1'])}  P {_f(rep['precision'])}  R {_f(rep['recall'])}")
-        if name == "learned":
-            judge(data.prompts[:8], data.responses[:8])  # warm
-            t = time.perf_counter()
-            judge(data.prompts, data.responses)
-            dt = time.perf_counter() - t
-            short = [" ".join(r.split()[:40]) for r in data.responses]
-            t = time.perf_counter()
-            judge(data.prompts, short)
-            dt_short = time.perf_counter() - t
-            out["speed"] = {"n": len(data), "seconds": round(dt, 2), "answers_per_second": round(len(data) / dt, 1),
-                            "short_answers_per_second": round(len(data) / dt_short, 1),
-                            "torch_threads": torch.get_num_threads()}
+        if name in ("harm", "learned"):
+            out.setdefault("speed", {})[name] = speed(judge, data)
     return out
 
 
