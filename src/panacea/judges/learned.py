@@ -317,7 +317,7 @@ class LearnedJudge:
         self.params_path = str(Path(params).expanduser()) if params else str(PARAMS)
         self.params = load_params(self.params_path)
         self.threshold = float(self.params["threshold"] if threshold is None else threshold)
-        self.threshold_source = ("validation split of the pyrit human labels (docs/judge.md)"
+        self.threshold_source = ("out-of-fold scores over train + validation of the pyrit human labels (docs/judge.md)"
                                  if threshold is None else "eval.judge_options.threshold")
         self.off_topic = float(self.params.get("off_topic_threshold", TOPIC_THRESHOLD))
         self.similarity = Similarity(model_dir, batch_size=batch_size, max_length=int(self.params["max_length"]))
@@ -371,7 +371,7 @@ def parse_options(options: dict) -> dict:
     return opts
 
 
-@JUDGES.register("learned", help="offline: logistic regression on MiniLM + refusal/degeneracy, trained on "
+@JUDGES.register("learned", help="offline default: logistic regression on MiniLM + refusal/degeneracy, trained on "
                  "pyrit human labels", check=parse_options)
 def make_learned(options: dict) -> Judge:
     """Options: params (file), threshold, model_dir, batch_size."""
