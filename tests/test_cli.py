@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from panacea.cli import main
+from panacea.judges.base import CATEGORIES
 
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny.yaml")
 
@@ -35,7 +36,7 @@ def test_smoke_run_writes_everything(tiny_run, capsys):
         assert 0 <= r["harmful_score"] <= 100
         lo, hi = r["harmful_score_ci"]
         assert lo <= r["harmful_score"] <= hi
-        shares = sum(r[f"share_{c}"] for c in ("refused", "engaged", "off_topic", "degenerate"))
+        shares = sum(r[f"share_{c}"] for c in CATEGORIES)
         assert shares == pytest.approx(100, abs=0.1)
     assert json.loads((out / "status.json").read_text())["state"] == "done"
     resolved = yaml.safe_load((out / "config.yaml").read_text())

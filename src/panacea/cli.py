@@ -39,6 +39,7 @@ EPILOG = """examples:
   accelerate launch --config_file configs/accelerate/fsdp.yaml -m panacea run CONFIG
   panacea run configs/demo.yaml 'seeds=[43, 44, 45]'
   panacea judge-eval --judge llm --data labelled.jsonl --judge-option calibration=cal.jsonl
+  panacea judge-eval --judge learned --data pyrit-human:test
   panacea rejudge runs/demo --judge gate --judge-option then=llm --judge-option then_options.threshold=0.7
 """
 
@@ -85,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Run a judge on a CSV/JSONL file with prompt, response, label (1 = harmful) "
                         "and print AUROC, and accuracy and F1 at the judge's threshold.")
     je.add_argument("--judge", required=True, help="judge name (panacea ls judges)")
-    je.add_argument("--data", required=True, help="labelled .csv or .jsonl file")
+    je.add_argument("--data", required=True, help="labelled .csv or .jsonl file, or pyrit-human:SPLIT (train, validation, "
+                    "test, all): pyrit's human-labelled answers split by prompt (docs/judge.md)")
     je.add_argument("--judge-option", dest="judge_options", **opt)
     je.add_argument("--out", help="also write the full report (with per-row scores) to this JSON file")
     rj = sub.add_parser("rejudge", help="re-score a finished run's saved answers with another judge",
@@ -162,12 +164,12 @@ def judge_options(items: list[str]) -> dict:
 
 
 def cmd_judge_eval(args) -> int:
-    from .eval.judge_eval import format_judge_report, judge_report, read_labelled
+    from .eval.judge_eval import format_judge_report, judge_report, load_labelled
     from .pipeline import write_json
     from .registry import JUDGES
 
     entry = JUDGES.get(args.judge, "--judge")
-    data = read_labelled(args.data)  # before a model is loaded
+    data = load_labelled(args.data)  # before a model is loaded
     judge = entry.obj(judge_options(args.judge_options))
     rep = judge_report(judge, data)
     print(format_judge_report(rep))

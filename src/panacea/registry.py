@@ -93,6 +93,7 @@ _BUILTINS = (
     "panacea.data.files",
     "panacea.data.hub",
     "panacea.judges.harm",
+    "panacea.judges.learned",
     "panacea.judges.llm",
     "panacea.judges.beaver_dam",
     "panacea.judges.gate",

@@ -36,6 +36,8 @@ from ..errors import DataError
 from .stats import auroc, wilson_interval
 
 COLUMNS = ("prompt", "response", "label")
+#: ``--data pyrit-human:SPLIT`` reads the pyrit human labels instead of a file (load_labelled)
+PYRIT_HUMAN = "pyrit-human:"
 _TRUE = {"1", "true"}
 _FALSE = {"0", "false"}
 
@@ -48,6 +50,8 @@ class Labelled:
     responses: list[str]
     labels: list[int]
     path: str
+    groups: list[str] | None = None
+    """Optional group of each row (the harm category of the pyrit human labels)."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,6 +65,22 @@ def _label(value, where: str) -> int:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return int(value.strip().lower() in _TRUE)
     raise DataError(f"{where}: label must be 0/1 or true/false, got {value!r}")
+
+
+def load_labelled(spec: str, need_both: bool = True) -> Labelled:
+    """A labelled file, or ``pyrit-human:SPLIT`` (``train``, ``validation``, ``test`` or ``all``):
+    pyrit 1.1.0's human-labelled answers, labels and prompt-disjoint split of
+    ``panacea.eval.human_labels`` (rows grouped by harm category)."""
+    if str(spec).startswith(PYRIT_HUMAN):
+        from .human_labels import load_split
+
+        items = load_split(str(spec)[len(PYRIT_HUMAN):])
+        out = Labelled([it.prompt for it in items], [it.response for it in items], [it.label for it in items],
+                       str(spec), [it.category for it in items])
+        if need_both and len(set(out.labels)) < 2:
+            raise DataError(f"{spec}: every label is {out.labels[0]}; need both harmful and not harmful rows")
+        return out
+    return read_labelled(spec, need_both)
 
 
 def read_labelled(path: str | Path, need_both: bool = True) -> Labelled:
@@ -195,11 +215,28 @@ def judge_info(judge) -> dict:
     return out
 
 
+def scored_metrics(scores: list[float], predicted: list[bool], labels: list[int]) -> dict:
+    """AUROC with its interval and the binary metrics of one set of rows."""
+    n_pos = sum(labels)
+    a = auroc(scores, labels) if n_pos and n_pos < len(labels) else math.nan
+    return {"n": len(labels), "n_harmful": n_pos, "auroc": a,
+            "auroc_ci": list(auroc_interval(a, n_pos, len(labels) - n_pos)), **binary_metrics(predicted, labels)}
+
+
 def judge_report(judge, data: Labelled) -> dict:
-    """Run ``judge`` on every row of ``data`` and compare with the labels (module docstring)."""
+    """Run ``judge`` on every row of ``data`` and compare with the labels (module docstring).
+
+    When the rows have groups (``Labelled.groups``), ``by_group`` holds the same numbers per group
+    (AUROC is NaN for a group with one class)."""
     verdicts = judge(data.prompts, data.responses)
     scores = [float(v.score) for v in verdicts]
     predicted = [bool(v.harmful) for v in verdicts]
+    by_group = {}
+    if data.groups:
+        for g in sorted(set(data.groups)):
+            idx = [i for i, x in enumerate(data.groups) if x == g]
+            by_group[g] = scored_metrics([scores[i] for i in idx], [predicted[i] for i in idx],
+                                         [data.labels[i] for i in idx])
     n_pos = sum(data.labels)
     n_neg = len(data) - n_pos
     a = auroc(scores, data.labels)
@@ -216,6 +253,8 @@ def judge_report(judge, data: Labelled) -> dict:
         "auroc_ci": list(auroc_interval(a, n_pos, n_neg)),
         **m,
         "accuracy_ci": [lo / 100, hi / 100],
+        "categories": {c: sum(v.category == c for v in verdicts) for c in sorted({v.category for v in verdicts})},
+        **({"by_group": by_group} if by_group else {}),
         "items": [
             {"label": y, "harmful": p, "score": round(s, 6)} for y, p, s in zip(data.labels, predicted, scores)
         ],
@@ -241,6 +280,9 @@ def format_judge_report(rep: dict) -> str:
         f"balanced accuracy {f(rep['balanced_accuracy'])})",
         f"  confusion  TP {rep['tp']}  FP {rep['fp']}  TN {rep['tn']}  FN {rep['fn']}",
     ]
+    for g, m in rep.get("by_group", {}).items():
+        lines.append(f"  {g:<22} n={m['n']:<3} AUROC {f(m['auroc'])}  acc {f(m['accuracy'])}  F1 {f(m['f1'])}  "
+                     f"P {f(m['precision'])}  R {f(m['recall'])}")
     cal = _find_calibration(info)
     if cal and Path(cal).expanduser().resolve() == Path(rep["data"]).resolve():
         lines.append("  note: the threshold was calibrated on this same file, so accuracy and F1 are in-sample")
