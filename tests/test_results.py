@@ -97,8 +97,8 @@ def test_record_never_replaces_what_it_did_not_write(tmp_path):
 
 def test_search_rule_picks_lowest_hs_within_the_fa_margin(tmp_path):
     res = load(record(make_run(tmp_path), tmp_path / "r"))
-    picks = {s["family"]: s["chosen"] for s in select(res)}
-    assert picks == {"panacea": "panacea@rho2", "avg": None}
+    picks = {s["family"]: (s["chosen"], s["within_margin"]) for s in select(res)}
+    assert picks == {"panacea": ("panacea@rho2", True), "avg": ("avg@rho1", False)}  # avg: none within, highest FA
 
 
 def test_tables_mean_and_interval_over_seeds_and_labels(tmp_path):
@@ -109,7 +109,7 @@ def test_tables_mean_and_interval_over_seeds_and_labels(tmp_path):
     assert "| 41.0 ± 2.5 | ± 5.0 |" in row and "panacea (harmful_batch_size 10, rho 2)" in row
     avg = next(line for line in doc.splitlines() if line.startswith("| avg@rho1 |"))
     assert "beyond the paper" in avg and "beyond the paper" not in row
-    assert "(search on validation prompts)" in doc and "**panacea@rho2**" in doc and "avg: none qualifies" in doc
+    assert "(search on validation prompts)" in doc and "**panacea@rho2**" in doc and "avg: **avg@rho1**" in doc and "highest FA" in doc
     assert "random_perturbation on sft (norm 80)" in doc
 
 

@@ -283,7 +283,9 @@ def _pool(spec: dict | None) -> str:
 def select(res: dict) -> list[dict]:
     """The search rule, per family (a variant's name before ``@``; variants without ``@`` are not
     searched): the value with the lowest mean HS among those whose mean FA is at least the
-    reference variant's (``sft``) minus ``FA_MARGIN``; none when no value qualifies."""
+    reference variant's (``sft``) minus ``FA_MARGIN``. When no value qualifies, the one with the
+    highest mean FA (the least damage to the task), marked ``within_margin: False``: the family
+    costs more task accuracy than the margin at every searched value."""
     by_name = {r["name"]: r["metrics"] for r in res["summary"]}
     ref = by_name.get(REFERENCE, {}).get("finetune_accuracy", {}).get("mean")
     families: dict[str, list[str]] = {}
@@ -294,9 +296,12 @@ def select(res: dict) -> list[dict]:
     for fam, names in families.items():
         ok = [n for n in names if ref is not None
               and (by_name[n].get("finetune_accuracy", {}).get("mean") or 0.0) >= ref - FA_MARGIN]
-        best = min(ok, key=lambda n: (by_name[n]["harmful_score"]["mean"], names.index(n))) if ok else None
-        out.append({"family": fam, "chosen": best, "candidates": names, "reference_fa": ref,
-                    "method": method(res["config"], best) if best else None})
+        if ok:
+            best = min(ok, key=lambda n: (by_name[n]["harmful_score"]["mean"], names.index(n)))
+        else:
+            best = max(names, key=lambda n: ((by_name[n].get("finetune_accuracy") or {}).get("mean") or 0.0, -names.index(n)))
+        out.append({"family": fam, "chosen": best, "within_margin": bool(ok), "candidates": names,
+                    "reference_fa": ref, "method": method(res["config"], best)})
     return out
 
 
@@ -334,11 +339,13 @@ def section(res: dict, level: int = 2) -> list[str]:
               f"{n} seed{'s' if n != 1 else ''}" + (" (no interval with one seed)" if n == 1 else "")
               + "; HS ± prompts: one seed's Wilson 95 % half-width over the prompts (mean over seeds)."]
     if search:
-        lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}):", ""]
+        lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}; "
+                  "when none is within that margin, the highest FA):", ""]
         for s in select(res):
             ref = "—" if s["reference_fa"] is None else f"{s['reference_fa']:.1f}"
-            pick = f"**{s['chosen']}** ({s['method']})" if s["chosen"] else "none qualifies"
-            lines.append(f"* {s['family']}: {pick}; FA({REFERENCE}) {ref}, candidates {', '.join(s['candidates'])}")
+            why = "" if s["within_margin"] else f" — no value within {FA_MARGIN:g} points of FA({REFERENCE}): highest FA"
+            lines.append(f"* {s['family']}: **{s['chosen']}** ({s['method']}){why}; FA({REFERENCE}) {ref}, "
+                         f"candidates {', '.join(s['candidates'])}")
     return lines
 
 
