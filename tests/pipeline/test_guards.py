@@ -147,7 +147,7 @@ def test_an_evaluation_selection_with_no_rows_is_refused(tiny_dir, tmp_path, cap
     rows = tmp_path / "prompts.jsonl"
     rows.write_text("".join(json.dumps({"instruction": f"question {i}?"}) + "\n" for i in range(3)))
     assert main(["validate", TINY, f"model.name_or_path={tiny_dir}", "eval.harmful.name=jsonl",
-                 f"eval.harmful.path={rows}", "eval.harmful.n=null", "eval.harmful.start=3"]) == 2
+                 f"eval.harmful.path={rows}", "eval.harmful.n=null", "eval.harmful.part=null", "eval.harmful.start=3"]) == 2
     assert "eval.harmful: selects no rows (start 3 of 3)" in one_line_error(capsys)
 
 
