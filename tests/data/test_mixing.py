@@ -101,3 +101,24 @@ def test_check_disjoint_uses_input():
     check_disjoint({"a": a, "b": [Example("Classify", input="bad film")]})
     with pytest.raises(DataError, match="pools a and b"):
         check_disjoint({"a": a, "b": [Example("classify", input="Good film.")]})
+
+
+def test_protocol_doc_states_the_parts_sizes_of_the_shipped_pools():
+    """docs/protocol.md's table of validation/test sizes is what eval_part gives on the embedded
+    pools (the counts are checked here, not trusted as typed), and the two parts are disjoint."""
+    import re
+    from pathlib import Path
+
+    from panacea.data.mixing import eval_part, prompt_key
+    from panacea.registry import DATASETS
+
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for name, split in (("strongreject", "train"), ("sentiment", "test"), ("benign_prompts", "train")):
+        pool = DATASETS.get(name).obj(DataSpec(name=name, split=split))
+        parts = {"validation": [], "test": []}
+        for ex in pool:
+            parts[eval_part(ex)].append(prompt_key(ex))
+        assert not set(parts["validation"]) & set(parts["test"])
+        row = re.search(rf"^\| [^|]*`{name}`, (\d+)[^|]*\| (\d+) \| (\d+) \|$", doc, re.M)
+        assert row, f"docs/protocol.md has no row for {name}"
+        assert tuple(map(int, row.groups())) == (len(pool), len(parts["validation"]), len(parts["test"])), name

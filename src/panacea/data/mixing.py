@@ -36,7 +36,7 @@ def prompt_key(ex: Example) -> str:
 
 
 #: Share of every pool's prompts in the ``validation`` part (the rest is ``test``). A third keeps
-#: two thirds of each pool for the reported numbers (StrongREJECT: 96 validation / 192 test).
+#: two thirds of each pool for the reported numbers (the parts' sizes: docs/protocol.md §2).
 VALIDATION_SHARE = 1 / 3
 PARTS = ("validation", "test")
 
