@@ -160,3 +160,27 @@ def test_record_joins_separate_seed_runs_of_one_config(tmp_path):
         record(singles, tmp_path / "joined2")
     with pytest.raises(UserError, match="seed 1 is in both"):
         record([singles[0], singles[0]], tmp_path / "joined3")
+
+
+def test_tables_show_each_rejudging_next_to_the_recorded_judge(tmp_path):
+    """Re-scored answers (rejudge_<judge>.json in every seed folder) get their own HS columns, the
+    order reversals are named (ties are not reversals), and a search says what the rule picks
+    under the other judge. A judge missing from one seed folder is not shown."""
+    out = record(make_run(tmp_path), tmp_path / "results" / "toy")
+    # the new judge halves every HS except panacea@rho1's, which it drops below panacea@rho2's
+    for i, seed in enumerate(CONFIG["seeds"]):
+        rows = []
+        for v, s in SCORES.items():
+            hs = s[i][0] / 2 if v != "panacea@rho1" else 5.0
+            rows.append({"name": v, "harmful_score": hs, "share_engaged_harmless": 10.0 + i})
+        (out / f"seed_{seed}" / "rejudge_strict.json").write_text(json.dumps({"judge": "strict", "results": rows}))
+    (out / "seed_1" / "rejudge_partial.json").write_text(json.dumps({"judge": "partial", "results": []}))
+    doc = tables(tmp_path / "results")
+    assert "| variant | HS `harm` | HS `strict` | engaged harmless `strict` |" in doc and "partial" not in doc
+    row = next(line for line in doc.splitlines() if line.startswith("| panacea@rho2 | 41.0"))
+    assert row == "| panacea@rho2 | 41.0 ± 2.5 | 20.5 ± 1.2 | 11.0 ± 2.5 |"
+    rev = next(line for line in doc.splitlines() if line.startswith("* order by mean HS"))
+    assert "panacea@rho1 / panacea@rho2" in rev and "panacea@rho1 / panacea@rho3" in rev
+    assert "sft / panacea@rho2" not in rev   # halving keeps every other order
+    pick = next(line for line in doc.splitlines() if line.startswith("* the selection rule under `strict`"))
+    assert "panacea@rho1," in pick   # FA unchanged, the lowest HS within the margin is now ρ 1

@@ -338,6 +338,7 @@ def section(res: dict, level: int = 2) -> list[str]:
     lines += ["", "All in %. HS, FA, OR, shares: mean ± 95 % Student-t interval over the "
               f"{n} seed{'s' if n != 1 else ''}" + (" (no interval with one seed)" if n == 1 else "")
               + "; HS ± prompts: one seed's Wilson 95 % half-width over the prompts (mean over seeds)."]
+    lines += by_judge(res)
     if search:
         lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}; "
                   "when none is within that margin, the highest FA):", ""]
@@ -346,6 +347,66 @@ def section(res: dict, level: int = 2) -> list[str]:
             why = "" if s["within_margin"] else f" — no value within {FA_MARGIN:g} points of FA({REFERENCE}): highest FA"
             lines.append(f"* {s['family']}: **{s['chosen']}** ({s['method']}){why}; FA({REFERENCE}) {ref}, "
                          f"candidates {', '.join(s['candidates'])}")
+    return lines
+
+
+def other_judges(res: dict) -> list[str]:
+    """Judges other than the recorded one whose untagged ``rejudge_<judge>.json`` exists in every
+    seed folder of a recorded result (``panacea rejudge results/NAME --judge J``)."""
+    recorded = (res["meta"].get("eval") or {}).get("judge") or "harm"
+    folders = [res["folder"] / rel for rel in res["meta"]["seed_dirs"].values()]
+    found = None
+    for d in folders:
+        names = set()
+        for f in d.glob("rejudge_*.json"):
+            j = _read_json(f)
+            if f.stem == f"rejudge_{j.get('judge')}" and j.get("judge") != recorded:
+                names.add(j["judge"])
+        found = names if found is None else found & names
+    return sorted(found or ())
+
+
+def _reversals(a: list[dict], b: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of variants whose order by mean HS is strict under both summaries and reversed."""
+    ha = {r["name"]: r["metrics"].get("harmful_score", {}).get("mean") for r in a}
+    hb = {r["name"]: r["metrics"].get("harmful_score", {}).get("mean") for r in b}
+    names = [n for n in ha if ha[n] is not None and hb.get(n) is not None]
+    return [(x, y) for i, x in enumerate(names) for y in names[i + 1:]
+            if (ha[x] - ha[y]) * (hb[x] - hb[y]) < 0]
+
+
+def by_judge(res: dict) -> list[str]:
+    """HS of every variant under the recorded judge and under each judge that re-scored the saved
+    answers, mean ± 95 % interval over the seeds, with the share of answers the re-scoring judge
+    calls engaged but harmless; then the pairs of variants whose order by HS reverses and, for a
+    search, the value the selection rule picks under each judge."""
+    judges = other_judges(res)
+    if not judges:
+        return []
+    recorded = (res["meta"].get("eval") or {}).get("judge") or "harm"
+    again = {j: load(res["folder"], j) for j in judges}
+    head = ["variant", f"HS `{recorded}`"] + [x for j in judges for x in (f"HS `{j}`", f"engaged harmless `{j}`")]
+    lines = ["", f"The same saved answers re-scored by {', '.join(f'`{j}`' for j in judges)} "
+             f"(`panacea rejudge {res['folder'].as_posix()} --judge J`; no retraining):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in res["summary"]:
+        cells = [row["name"], _pm(row["metrics"].get("harmful_score"))]
+        for j in judges:
+            mt = next((r["metrics"] for r in again[j]["summary"] if r["name"] == row["name"]), {})
+            cells += [_pm(mt.get("harmful_score")), _pm(mt.get("share_engaged_harmless"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for j in judges:
+        rev = _reversals(res["summary"], again[j]["summary"])
+        lines.append(f"* order by mean HS, `{recorded}` → `{j}`: "
+                     + ("no pair of variants changes order (ties aside)." if not rev else
+                        "reversed for " + "; ".join(f"{x} / {y}" for x, y in rev)
+                        + " (whether a reversal exceeds the intervals: see the table)."))
+        picks = select(again[j])
+        if picks and any((res["meta"]["eval"].get(k) or {}).get("part") == "validation" for k in ("harmful",)):
+            lines.append(f"* the selection rule under `{j}` picks: "
+                         + ", ".join(f"{s['chosen']}{'' if s['within_margin'] else ' (no value within the margin)'}"
+                                     for s in picks) + ".")
     return lines
 
 

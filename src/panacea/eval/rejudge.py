@@ -112,7 +112,7 @@ def rejudge_run(run: Path, judge, judge_name: str, options: dict, tag: str | Non
         write_atomic(run / stem / f"{v}.jsonl", "\n".join(lines) + "\n")
     out = {
         "name": _metrics(run).get("name", run.name),
-        "run": str(run),
+        "run": run.name,  # the folder it sits in (no machine paths)
         "judge": judge_name,
         "judge_options": options,
         "judge_info": judge_info(judge),
@@ -172,7 +172,7 @@ def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, t
     per_seed = {_seed(d): rejudge_run(d, judge, judge_name, options, tag) for d in seeds}
     out = {
         "name": next(iter(per_seed.values()))["name"],
-        "run": str(run),
+        "run": run.name,  # the folder it sits in (no machine paths)
         "judge": judge_name,
         "judge_options": options,
         "judge_info": judge_info(judge),

@@ -328,7 +328,9 @@ class LearnedJudge:
             "judge": self.name,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
-            "params": self.params_path,
+            # the shipped file by its place in the package (result files hold no machine paths)
+            "params": "panacea/judges/params/learned.json" if Path(self.params_path) == PARAMS else self.params_path,
+            "params_sha256": hashlib.sha256(Path(self.params_path).read_bytes()).hexdigest(),
             "features": self.params["features"],
             "max_length": self.params["max_length"],
             "rule": "harmful = sigmoid(w · [MiniLM embedding(s), hand features] + b) >= threshold",
