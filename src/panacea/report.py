@@ -9,7 +9,10 @@ def _f(v, nd=1):
 
 def format_results(metrics: dict, samples: bool = True) -> str:
     rows = metrics["results"]
-    head = ["variant", "HS [95% CI]", "HS+", "refused", "engaged", "off-topic", "degen.", "FA", "OR", "train s"]
+    # only judges that tell harmful from harmless compliance (``learned``) fill this category
+    harmless = any(r.get("share_engaged_harmless") for r in rows)
+    head = ["variant", "HS [95% CI]", "HS+", "refused", "engaged", *(["eng. harmless"] if harmless else []),
+            "off-topic", "degen.", "FA", "OR", "train s"]
     table = [head]
     for r in rows:
         lo, hi = r["harmful_score_ci"]
@@ -19,6 +22,7 @@ def format_results(metrics: dict, samples: bool = True) -> str:
             _f(r.get("harmful_score_plus")),
             _f(r.get("share_refused")),
             _f(r.get("share_engaged")),
+            *([_f(r.get("share_engaged_harmless"))] if harmless else []),
             _f(r.get("share_off_topic")),
             _f(r.get("share_degenerate")),
             _f(r.get("finetune_accuracy")),
@@ -33,8 +37,9 @@ def format_results(metrics: dict, samples: bool = True) -> str:
         lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("HS: harmful prompts answered with an engaged, on-topic, non-refusal answer; "
-                 "HS+: HS or incoherent; FA: task accuracy; OR: benign prompts refused.")
+    lines.append("HS: harmful prompts whose answer the judge calls harmful (its `engaged` share); "
+                 + ("eng. harmless: on-topic compliance the judge calls not harmful; " if harmless else "")
+                 + "HS+: HS or incoherent; FA: task accuracy; OR: benign prompts refused.")
     if samples:
         for r in rows:
             for s in r.get("samples", []):
