@@ -3,7 +3,8 @@
 Run:  PYTHONPATH=src python bench/calibrate_judge.py [--seed 0] [--words 40]   (< 1 min on 2 cores)
 
 Data: the harmful (user, assistant) pairs of pyrit's ``datasets/jailbreak/many_shot_examples.json``
-(embedded.md; PyPI ``pyrit==1.1.0``, located with ``find_spec`` and read as a file, not imported),
+(docs/embedded.md#data-that-ships-in-pypi-packages; PyPI ``pyrit==1.1.0``, located with
+``find_spec`` and read as a file, not imported),
 kept when ``category`` starts with "Harmful" after stripping quotes, asterisks and "Answer:".
 Answers are cut to their first ``--words`` (40) words, about what 48 new tokens give at evaluation
 time, so the threshold is fair to short on-topic answers. Three populations of prompt/answer

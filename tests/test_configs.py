@@ -1,6 +1,6 @@
 """The values configs/demo.yaml reports with are the ones its recorded searches chose on the
-validation prompts (docs/protocol.md §2): change a search or a value, and this fails until both
-agree again."""
+validation prompts (docs/protocol.md#validation-and-test-parts): change a search or a value, and
+this fails until both agree again."""
 
 from __future__ import annotations
 

@@ -190,7 +190,7 @@ def _ablations(bench: dict, methods: list[dict], variants: dict, runs: dict, pos
 # --------------------------------------------------------------------------- time estimate
 
 
-#: forward+backward passes per training step, relative to SFT (algorithms.md §10)
+#: forward+backward passes per training step, relative to SFT (docs/algorithms.md#passes-per-step)
 PASSES = {"sft": 1, "booster": 3, "panacea": 3, "panacea_avg": 3, "vaccine": 2, "repnoise": 2, "lisa": 1, "safety_mix": 1.2}
 
 
@@ -249,8 +249,8 @@ def finished_row_steps(prompt_lens: list[int], steps: list[int], batch_size: int
 
 def generation_speedup(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> dict:
     """Tokens per second of batched greedy generation (eval/generate.py) vs one prompt at a time
-    without padding (what the reference evaluators do, protocol.md §7), and whether the answers
-    are identical. Also where the batched time goes: the prefill (timed by generating one token
+    without padding (what the reference evaluators do, docs/protocol.md#generation), and whether the
+    answers are identical. Also where the batched time goes: the prefill (timed by generating one token
     per prompt; compute-bound, so batching saves little there) and the share of decode row-steps
     spent on rows whose answer had already ended (static batching decodes every row of a batch
     until its longest answer ends)."""
@@ -677,8 +677,9 @@ def report_md(results: dict) -> str:
         L += profile_report(prof)
     for sc in results.get("safety_coefficients", []):
         L += ["", f"## Panacea's ε per layer ({sc['stage']})", "",
-              "Share of Σ_i ‖ε_i‖ per decoder layer (the statistic algorithms.md §2.1 infers for the paper's "
-              "figure; the released code has no analysis), with mean |ε|, relative size and effective ΔW as "
+              "Share of Σ_i ‖ε_i‖ per decoder layer (the statistic "
+              "docs/algorithms.md#per-layer-safety-coefficients infers for the paper's figure; the released "
+              "code has no analysis), with mean |ε|, relative size and effective ΔW as "
               f"additions in `{sc['folder']}`. Largest shares: "
               + ", ".join(f"layer {i} {s} %" for i, s in sc["top_layers"]) + ".", "",
               f"![safety coefficients]({sc['plot_name']})"]

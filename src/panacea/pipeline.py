@@ -1,5 +1,6 @@
 """The threat-model pipeline: align → fine-tune (user data with p·n harmful samples) → repair →
-evaluate, writing everything into one run directory (protocol.md §1).
+evaluate, writing everything into one run directory
+(docs/protocol.md#1-the-threat-model-in-three-stages).
 
 Run directory layout::
 

@@ -2,20 +2,21 @@
 measurement, the auxiliary data loader, and what the multi-pass trainers need to stay correct on
 several processes. No method logic lives here (style.md, habit 1).
 
-Several processes (algorithms.md §0, rules 2 and 6). The Trainer averages the gradient of its own
-``backward`` over processes (DDP all-reduce, FSDP reduce-scatter); the multi-pass trainers take
-gradients themselves and write ``.grad``, so they use ``process_gradients``, which returns the same
-average: ``torch.autograd.grad`` + ``average_across_processes`` for replicated parameters (one
-process, DDP: ``.grad`` and DDP's reducer are never touched, so nothing is averaged twice), or one
-``backward`` read out of ``.grad`` for FSDP2's sharded parameters (``autograd.grad`` cannot reach
-them). The Trainer's own loss (``compute_loss`` with ``num_items_in_batch``) is already weighted
-by target tokens across processes (``average_tokens_across_devices``, on by default: the token
-count is summed over processes and the loss multiplied by their number), so its gradient is
-averaged plainly. A loss the trainer computes itself (the defender's harmful batch) is a token
-mean over the process's own share of the batch; ``token_share`` rescales it so that the plain
-average over processes is the token mean over the global batch, as on one process with the
-batches concatenated. DeepSpeed (it keeps gradients in its own partitioned buffers) and FSDP1 (flat
-parameters) are refused by ``require_gradient_access`` with one line.
+Several processes (docs/algorithms.md#shared-rules, rules 2 and 6). The Trainer averages the
+gradient of its own ``backward`` over processes (DDP all-reduce, FSDP reduce-scatter); the
+multi-pass trainers take gradients themselves and write ``.grad``, so they use
+``process_gradients``, which returns the same average: ``torch.autograd.grad`` +
+``average_across_processes`` for replicated parameters (one process, DDP: ``.grad`` and DDP's
+reducer are never touched, so nothing is averaged twice), or one ``backward`` read out of ``.grad``
+for FSDP2's sharded parameters (``autograd.grad`` cannot reach them). The Trainer's own loss
+(``compute_loss`` with ``num_items_in_batch``) is already weighted by target tokens across processes
+(``average_tokens_across_devices``, on by default: the token count is summed over processes and the
+loss multiplied by their number), so its gradient is averaged plainly. A loss the trainer computes
+itself (the defender's harmful batch) is a token mean over the process's own share of the batch;
+``token_share`` rescales it so that the plain average over processes is the token mean over the
+global batch, as on one process with the batches concatenated. DeepSpeed (it keeps gradients in its
+own partitioned buffers) and FSDP1 (flat parameters) are refused by ``require_gradient_access`` with
+one line.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Overhead(TrainerCallback):
     """Step time (mean after ``warmup`` steps) and peak memory of one training stage.
 
     Memory is ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU
-    (protocol.md §10 asks for peak allocated memory on named hardware).
+    (docs/protocol.md#overhead asks for peak allocated memory on named hardware).
     """
 
     def __init__(self, warmup: int = 2):
@@ -172,7 +173,8 @@ class Overhead(TrainerCallback):
 class CyclingLoader:
     """An auxiliary data loader (a defender's harmful set) for multi-pass trainers.
 
-    Seeded random sampler, cycled with a fresh iterator when exhausted (algorithms.md §0, rule 6);
+    Seeded random sampler, cycled with a fresh iterator when exhausted
+    (docs/algorithms.md#shared-rules, rule 6);
     its batch size is a config field, never hard-coded (rule 5). ``state_dict`` /
     ``load_state_dict`` save and restore its exact position, for runs resumed from a checkpoint.
 

@@ -1,4 +1,5 @@
-"""Weight-space helpers shared by the gradient-surgery defenses (algorithms.md §0, rules 1–3).
+"""Weight-space helpers shared by the gradient-surgery defenses (docs/algorithms.md#shared-rules,
+rules 1–3).
 
 * ``global_l2``: the ℓ2 norm over all given tensors concatenated, accumulated as Σ‖t‖² in fp32
   on one device (never ``torch.stack`` of per-device norms). With ``sharded=True`` (each process

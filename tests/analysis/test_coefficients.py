@@ -1,4 +1,5 @@
-"""Per-layer safety coefficients of ε (algorithms.md §2.1) against a direct computation."""
+"""Per-layer safety coefficients of ε (docs/algorithms.md#per-layer-safety-coefficients) against a
+direct computation."""
 
 from __future__ import annotations
 

@@ -210,7 +210,8 @@ def test_hub_beavertails(fake_datasets):
 
 
 def test_hub_refusal_file(fake_datasets):
-    """protocol.md §5.1: refusal split on "\nAnswer: ", "Question: " dropped; rows without it skipped."""
+    """Refusal split on "\nAnswer: ", "Question: " dropped; rows without it skipped
+    (docs/protocol.md#data-sources)."""
     (r,) = hub.load_beavertails_refusals(DataSpec())
     assert (r.instruction, r.output) == ("How to X?", "I can't help with X.")
     harm = hub.load_beavertails_refusal_harmful(DataSpec())

@@ -1,12 +1,13 @@
 """Gradient accumulation in the multi-pass trainers, through the real ``Trainer.train()`` loop.
 
 The reference trainers zero and overwrite ``.grad`` inside ``training_step``, so with
-``gradient_accumulation_steps > 1`` only the last micro-batch counted (algorithms.md §0, rule 4).
-Here one optimizer step with GA = 2 × batch 2 must equal one step with GA = 1 × batch 4 on the same
-four user examples. The harmful set has exactly ``harmful_batch_size`` rows, so every micro-step
-sees the same harmful batch and the λ-terms (averaged over micro-steps) are the same in both runs;
-the user/alignment term must be token-weighted over the whole accumulation window. Plain SGD makes
-the update linear in the gradient, so a mis-scaled term cannot hide behind Adam's normalisation.
+``gradient_accumulation_steps > 1`` only the last micro-batch counted
+(docs/algorithms.md#shared-rules, rule 4). Here one optimizer step with GA = 2 × batch 2 must equal
+one step with GA = 1 × batch 4 on the same four user examples. The harmful set has exactly
+``harmful_batch_size`` rows, so every micro-step sees the same harmful batch and the λ-terms
+(averaged over micro-steps) are the same in both runs; the user/alignment term must be
+token-weighted over the whole accumulation window. Plain SGD makes the update linear in the
+gradient, so a mis-scaled term cannot hide behind Adam's normalisation.
 """
 
 from __future__ import annotations

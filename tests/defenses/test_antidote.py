@@ -1,6 +1,6 @@
-"""Antidote against an independent computation (algorithms.md §9): LoRA-linear inputs are captured
-here one example at a time (no padding at all), the score is |W_ij|·‖X_j‖₂ over every token, and
-per row exactly cols − ⌊cols·(1−d)⌋ of the top-scored entries must be zeroed."""
+"""Antidote against an independent computation (docs/algorithms.md#antidote): LoRA-linear inputs are
+captured here one example at a time (no padding at all), the score is |W_ij|·‖X_j‖₂ over every
+token, and per row exactly cols − ⌊cols·(1−d)⌋ of the top-scored entries must be zeroed."""
 
 from __future__ import annotations
 

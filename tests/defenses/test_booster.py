@@ -1,4 +1,5 @@
-"""Booster's step against an independent autograd computation of its formula (algorithms.md §4):
+"""Booster's step against an independent autograd computation of its formula
+(docs/algorithms.md#booster):
 
     G = ∇[ f(w) + λ h(w) − λ h(w − sg(α ĝ_h(w))) ],   ĝ_h = ∇h/‖∇h‖ (global ℓ2)
 """

@@ -1,4 +1,4 @@
-"""Lisa's step and schedule against an independent computation (algorithms.md §7):
+"""Lisa's step and schedule against an independent computation (docs/algorithms.md#lisa):
 
     alignment state:  G = ∇f(w) + ρ (w − w̃_ft),   user state:  G = ∇g(w) + ρ (w − w̃_al)
 

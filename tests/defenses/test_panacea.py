@@ -1,4 +1,5 @@
-"""Panacea's step against an independent autograd computation of its formula (algorithms.md §2):
+"""Panacea's step against an independent autograd computation of its formula
+(docs/algorithms.md#panacea):
 
     ε = ρ ∇h(w)/‖∇h(w)‖,   G = ∇[ g(w) − λ( min(h(w + sg(ε)), c) − h(w) ) ]
 

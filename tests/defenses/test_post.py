@@ -1,4 +1,5 @@
-"""Post-fine-tuning defenses: random perturbation (algorithms.md §3) and one-shot ascent."""
+"""Post-fine-tuning defenses: random perturbation (docs/algorithms.md#random-perturbation) and
+one-shot ascent."""
 
 from __future__ import annotations
 

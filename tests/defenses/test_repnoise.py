@@ -1,4 +1,4 @@
-"""RepNoise's step against an independent autograd computation of its loss (algorithms.md §6):
+"""RepNoise's step against an independent autograd computation of its loss (docs/algorithms.md#repnoise):
 
     L = CE(align) + β (1/L) Σ_l MMD(a_l[answer tokens], N(0, I)) − α log(T/(L+2) + 1)
     T = CE(logits) + Σ_{i<L} CE(lm_head(norm(h_i))) + CE(lm_head(h_L)),   h_L already normed

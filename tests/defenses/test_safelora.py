@@ -1,5 +1,5 @@
-"""SafeLoRA against an independent dense computation (algorithms.md §8): Ĉ = V Vᵀ / ‖V‖_F is
-materialised here, s = cos(vec(Ĉ B A), vec(B A)) per module, the projected B is Ĉ B.
+"""SafeLoRA against an independent dense computation (docs/algorithms.md#safelora): Ĉ = V Vᵀ / ‖V‖_F
+is materialised here, s = cos(vec(Ĉ B A), vec(B A)) per module, the projected B is Ĉ B.
 
 The setting mirrors the pipeline's ``merge_new`` mode: an alignment adapter saved to disk, merged
 into the base model, and a new (user) adapter on top; V comes from the saved alignment adapter.

@@ -1,4 +1,5 @@
-"""Vaccine's step against an independent autograd computation of its formula (algorithms.md §5):
+"""Vaccine's step against an independent autograd computation of its formula
+(docs/algorithms.md#vaccine):
 
     e_l = ρ ∇_{o_l} f / (‖∇_o f‖ + 1e-7),   G = ∇_w f(w; E)
 

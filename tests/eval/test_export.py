@@ -1,4 +1,5 @@
-"""AlpacaEval export of saved answers (protocol.md §9: AlpacaEval FA is a win rate computed outside)."""
+"""AlpacaEval export of saved answers (docs/protocol.md#fine-tune-accuracy-fa: AlpacaEval FA is a
+win rate computed outside)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def test_wilson_rejects_bad_counts():
 
 
 def test_binomial_halfwidth_matches_protocol():
-    # protocol.md §13.2: about ±3.1 points at HS = 50 over 1000 prompts
+    # docs/protocol.md#judge-variance-and-intervals: about ±3.1 points at HS = 50 over 1000 prompts
     assert binomial_ci_halfwidth(500, 1000) == pytest.approx(3.099, abs=1e-3)
     assert binomial_ci_halfwidth(0, 1000) == 0.0
 

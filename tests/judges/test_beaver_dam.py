@@ -130,7 +130,7 @@ def test_apology_before_harmful_content_is_scored_on_content(judge):
 
 
 def test_info_names_threshold_source(judge):
-    assert "protocol.md §8" in judge.info["threshold_source"] and judge.info["num_labels"] == 14
+    assert "docs/protocol.md#harmful-score-hs-and-hs" in judge.info["threshold_source"] and judge.info["num_labels"] == 14
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,14 @@
-"""Per-layer "safety coefficients" of Panacea's perturbation ε (arXiv 2501.18100; algorithms.md §2.1).
+"""Per-layer "safety coefficients" of Panacea's perturbation ε (arXiv 2501.18100;
+docs/algorithms.md#per-layer-safety-coefficients).
 
 The paper reports that different layers have distinct safety coefficients / safety affinity, but
 the released code ships no analysis; the only per-layer object it produces is ε itself. What the
 paper plots is therefore not reproducible from the code; the statistics below follow
-algorithms.md §2.1 and are labelled as such:
+docs/algorithms.md#per-layer-safety-coefficients and are labelled as such:
 
-* ``share`` (primary, [inference] algorithms.md §2.1): s_i = ‖ε^{(i)}‖₂ over every ε tensor of
+* ``share`` (primary, [inference] in that section): s_i = ‖ε^{(i)}‖₂ over every ε tensor of
   decoder layer i, reported as s_i / Σ_j s_j so models of different depth compare
-  (Σ_i s_i² = ‖ε‖² = ρ² for ``final_epsilon: last``).
+  (Σ_i s_i² = ‖ε‖² = ρ² for ``panacea``, and for ``panacea_avg``, whose ε is rescaled to ρ).
 * additions of this package: ``mean_abs`` (mean |ε| per entry, removes the shape effect of GQA
   k/v projections), ``relative`` (‖ε^{(i)}‖ / ‖w^{(i)}‖, w = the LoRA weights before ε was added),
   ``delta_w`` (effective-weight change (α/r)·‖(B+ε_B)(A+ε_A) − BA‖_F summed over the layer's

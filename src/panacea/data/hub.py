@@ -1,7 +1,8 @@
 """Online datasets of the papers, through the Hugging Face ``datasets`` library.
 
-Sources, fields and answer rules follow protocol.md §5.1 (ids, fields, task records), §8 (HS
-prompts: BeaverTails ``30k_test``, ``is_safe == False``, dataset order, duplicates kept) and §9
+Sources, fields and answer rules follow docs/protocol.md#data-sources (ids, fields, task records),
+docs/protocol.md#harmful-score-hs-and-hs (HS prompts: BeaverTails ``30k_test``,
+``is_safe == False``, dataset order, duplicates kept) and docs/protocol.md#fine-tune-accuracy-fa
 (fine-tune accuracy matchers, the GSM8K number extractor of ``w-yibo/Panacea:gsm8k/pred_eval.py``).
 ``datasets`` is optional: it is imported only when one of these loaders runs. Offline, use the
 embedded datasets (``panacea.data.embedded``, ``panacea.data.sentiment``) or a local file.
@@ -81,18 +82,21 @@ def _task_split(spec: DataSpec, test_split: str) -> str:
 
 
 def match_sst2(response: str, label: str) -> bool:
-    """protocol.md §9: the stripped generation is exactly ``positive``/``Positive`` (etc.)."""
+    """The stripped generation is exactly ``positive``/``Positive`` (etc.);
+    docs/protocol.md#fine-tune-accuracy-fa."""
     return response.strip() in (label, label.capitalize())
 
 
 def match_agnews(response: str, label: str) -> bool:
-    """protocol.md §9: exactly ``World``/``world``, …, or ``Sci/Tech``/``sci``."""
+    """Exactly ``World``/``world``, …, or ``Sci/Tech``/``sci``
+    (docs/protocol.md#fine-tune-accuracy-fa)."""
     short = "sci" if label == "Sci/Tech" else label.lower()
     return response.strip() in (label, short)
 
 
 def extract_gsm8k_number(text: str) -> float:
-    """The answer number of a GSM8K generation (protocol.md §9, ``extract_answer_number``).
+    """The answer number of a GSM8K generation (``extract_answer_number``,
+    docs/protocol.md#fine-tune-accuracy-fa).
 
     Commas are removed; no number at all → ``inf``; if ``"The final answer is: "`` occurs, the
     first number after it (up to a second marker), else the last number of the whole text;
@@ -111,7 +115,8 @@ def extract_gsm8k_number(text: str) -> float:
 
 
 def match_gsm8k(response: str, label: str) -> bool:
-    """protocol.md §9: extracted number of the generation equals that of the reference."""
+    """The extracted number of the generation equals that of the reference;
+    docs/protocol.md#fine-tune-accuracy-fa."""
     return extract_gsm8k_number(response) == extract_gsm8k_number(label)
 
 
@@ -175,7 +180,7 @@ def load_beavertails_harmful(spec: DataSpec) -> list[Example]:
 
 REFUSAL_FILE_HUB_ID = "anonymous4486/repnoise_beavertail"
 """HF mirror of ``domenicrosati/representation-noising:data/beavertails_with_refusals_train.json``,
-the file both papers draw alignment refusals and harmful pools from (protocol.md §5.1)."""
+the file both papers draw alignment refusals and harmful pools from (docs/protocol.md#data-sources)."""
 
 
 def _refusal_rows(name: str, spec: DataSpec):
@@ -188,8 +193,8 @@ def _refusal_rows(name: str, spec: DataSpec):
     help="the papers' alignment data: BeaverTails prompt → refusal (anonymous4486/repnoise_beavertail, online)",
 )
 def load_beavertails_refusals(spec: DataSpec) -> list[Example]:
-    """protocol.md §5.1: ``refusal`` is ``"Question: …\nAnswer: …"``; instruction = the question
-    without ``"Question: "``, output = the answer. File order (select rows with start/n)."""
+    """docs/protocol.md#data-sources: ``refusal`` is ``"Question: …\nAnswer: …"``; instruction =
+    the question without ``"Question: "``, output = the answer. File order (select rows with start/n)."""
     out = []
     for r in _refusal_rows("beavertails_refusals", spec):
         q, sep, a = str(r["refusal"]).partition("\nAnswer: ")
@@ -226,8 +231,8 @@ def load_beavertails_eval(spec: DataSpec) -> list[Example]:
     help="AlpacaEval's 805 instructions (tatsu-lab/alpaca_eval, online); export answers with `panacea export`",
 )
 def load_alpaca_eval(spec: DataSpec) -> list[Example]:
-    """protocol.md §5.1: config ``alpaca_eval``, split ``eval``, field ``instruction``; the papers'
-    AlpacaEval FA is a win rate computed by the ``alpaca_eval`` tool from exported answers."""
+    """docs/protocol.md#data-sources: config ``alpaca_eval``, split ``eval``, field ``instruction``;
+    the papers' AlpacaEval FA is a win rate computed by the ``alpaca_eval`` tool from exported answers."""
     rows = _rows("alpaca_eval", spec, "tatsu-lab/alpaca_eval", "alpaca_eval", "eval")
     return [Example(str(r["instruction"]), output=str(r.get("output", "")), source="alpaca_eval") for r in rows]
 

@@ -1,10 +1,10 @@
 """Selecting rows from pools, building the poisoned user set, checking pools are disjoint.
 
-Implements the clean selection rule of protocol.md §5.2: half-open ranges ``[start, start + n)``
-after an optional seeded shuffle; a user set of ``n`` rows with ``round(n · p)`` harmful rows
-drawn by a seeded RNG (the legacy rule instead takes harmful rows 1 … p·n−1 plus the first task
-rows); and a prompt-level overlap check between pools that must be disjoint (user harmful vs
-defender harmful vs evaluation prompts).
+Implements the selection rule of docs/protocol.md#row-selection: half-open ranges
+``[start, start + n)`` after an optional seeded shuffle; a user set of ``n`` rows with
+``round(n · p)`` harmful rows drawn by a seeded RNG (the legacy rule instead takes harmful rows 1 …
+p·n−1 plus the first task rows); and a prompt-level overlap check between pools that must be
+disjoint (user harmful vs defender harmful vs evaluation prompts).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def prompt_key(ex: Example) -> str:
 
 
 #: Share of every pool's prompts in the ``validation`` part (the rest is ``test``). A third keeps
-#: two thirds of each pool for the reported numbers (the parts' sizes: docs/protocol.md §2).
+#: two thirds of each pool for the reported numbers (the parts' sizes:
+#: docs/protocol.md#validation-and-test-parts).
 VALIDATION_SHARE = 1 / 3
 PARTS = ("validation", "test")
 

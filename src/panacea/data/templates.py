@@ -2,14 +2,15 @@
 
 Two templates (``model.template``):
 
-* ``alpaca`` — the papers' templates, verbatim (protocol.md §6), with and without an input.
+* ``alpaca`` — the papers' templates, verbatim, with and without an input
+  (docs/protocol.md#prompt-templates).
 * ``chat`` — the tokenizer's own chat template with one user turn (instruction, a blank line, the
   input) and the generation prompt. The papers use no chat template; for an instruct checkpoint
   such as the embedded SmolLM2 the chat template is what the model was trained on.
 
-The target is ``output + eos``. Prompt and target are tokenised separately and concatenated, so
-the prompt's token ids are exactly those used at generation time; the prompt's label positions
-are −100 (loss on response tokens only, protocol.md §6). Sequences are truncated at
+The target is ``output + eos``. Prompt and target are tokenised separately and concatenated, so the
+prompt's token ids are exactly those used at generation time; the prompt's label positions are −100
+(loss on response tokens only, docs/protocol.md#prompt-templates). Sequences are truncated at
 ``max_length`` from the right; a sample whose prompt fills the whole length keeps no target token
 and is counted in ``Tokenized.no_target``.
 """

@@ -1,10 +1,11 @@
 """Evaluate one model variant: harmful score (HS, HS+), answer shares, fine-tune accuracy (FA)
 and over-refusal (OR), each with its binomial 95% interval (Wilson).
 
-* HS  = 100 · #harmful / #prompts under the configured judge (protocol.md §8).
-* HS+ = 100 · #(harmful or incoherent) / #prompts, the papers' "final score+" (protocol.md §8).
+* HS  = 100 · #harmful / #prompts under the configured judge.
+* HS+ = 100 · #(harmful or incoherent) / #prompts, the papers' "final score+"
+  (both: docs/protocol.md#harmful-score-hs-and-hs).
 * shares: % of answers refused / engaged / off-topic / degenerate (judge categories).
-* FA  = 100 · #correct / #items with the task's own matcher (protocol.md §9).
+* FA  = 100 · #correct / #items with the task's own matcher (docs/protocol.md#fine-tune-accuracy-fa).
 * OR  = 100 · #refused / #benign prompts (the refusal detector).
 """
 

@@ -1,9 +1,10 @@
 """Export a finished run's saved answers for external scorers (``panacea export``).
 
 ``alpaca_eval``: the Panacea and Booster papers report AlpacaEval fine-tune accuracy as a win rate
-that the ``alpaca_eval`` tool computes with an LLM annotator (protocol.md §5.1, §9). ``panacea``
-does not call that annotator; it writes each variant's answers to the evaluated prompts in the
-tool's input format, a JSON list of ``{"instruction", "output", "generator"}``::
+that the ``alpaca_eval`` tool computes with an LLM annotator (docs/protocol.md#data-sources,
+docs/protocol.md#fine-tune-accuracy-fa). ``panacea`` does not call that annotator; it writes each
+variant's answers to the evaluated prompts in the tool's input format, a JSON list of
+``{"instruction", "output", "generator"}``::
 
     panacea run CONFIG eval.benign='{name: alpaca_eval}'     # answers saved with set: benign
     panacea export RUN --format alpaca_eval                    # RUN/exports/alpaca_eval/<variant>.json

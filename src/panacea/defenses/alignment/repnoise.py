@@ -7,13 +7,13 @@
     G = ∇_w L
 
 as implemented in ``domenicrosati/representation-noising`` and repeated in
-``git-disl/Booster:loss_func/repnoise_loss.py`` / ``w-yibo/Panacea`` (algorithms.md §6), with the
-published defects fixed. ``a_l`` is the output of the MLP of decoder layer l (``mlp_output``
-anchor), ``h_0 … h_L`` the ``output_hidden_states`` of the harmful forward (embeddings, then each
-layer), decoded by the logit lens. Every CE is the mean next-token cross-entropy over the harmful
-*answer* tokens (labels ≠ −100). The MMD uses 5 Gaussian kernels with bandwidths
-b·2^(k−2), k = 0…4, around b = the mean pairwise squared distance of the pooled samples (detached),
-as the reference; the noise comes from a generator seeded with
+``git-disl/Booster:loss_func/repnoise_loss.py`` / ``w-yibo/Panacea`` (docs/algorithms.md#repnoise),
+with the published defects fixed. ``a_l`` is the output of the MLP of decoder layer l
+(``mlp_output`` anchor), ``h_0 … h_L`` the ``output_hidden_states`` of the harmful forward
+(embeddings, then each layer), decoded by the logit lens. Every CE is the mean next-token
+cross-entropy over the harmful *answer* tokens (labels ≠ −100). The MMD uses 5 Gaussian kernels with
+bandwidths b·2^(k−2), k = 0…4, around b = the mean pairwise squared distance of the pooled samples
+(detached), as the reference; the noise comes from a generator seeded with
 ``1_000_003 · args.seed + state.global_step``, so the micro-steps of one optimizer step share it.
 
 The CE terms, counted: transformers already applies the final norm to ``h_L`` (``hidden_states[-1]``
@@ -28,7 +28,8 @@ Passes per step: harmful forward (all hidden states, MLP outputs hooked) and its
 the alignment forward and its backward (two backward passes instead of one through both graphs:
 the same work, but the harmful graph is freed before the alignment forward).
 
-Deliberate departures from the reference code (algorithms.md §6 "Do not copy", §0 rules):
+Deliberate departures from the reference code (docs/algorithms.md#repnoise and
+docs/algorithms.md#shared-rules):
   * T is divided by its number of terms, L + 2, not by ``len(hidden_states)`` = L + 1
     (domenicrosati/representation-noising issue #6);
   * the last hidden state is not normed a second time (see above);

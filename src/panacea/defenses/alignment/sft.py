@@ -1,4 +1,4 @@
-"""Plain refusal SFT at the alignment stage: min_w f(w), G = ∇f(w) (algorithms.md §1).
+"""Plain refusal SFT at the alignment stage: min_w f(w), G = ∇f(w) (docs/algorithms.md#sft).
 
 The "no defense" alignment row. Paper defaults (lr 5e-4, 20 epochs, batch 10, wd 0.1, constant
 lr; ``w-yibo/Panacea:script/alignment/sft.sh``) are the ``train`` section of the paper presets;

@@ -12,7 +12,8 @@ pass 2 with o_l ← o_l + e_l gives G. The weights are never modified. Reference
 ``git-disl/Vaccine:trainer.py`` (``VaccineTrainer``), repeated in ``git-disl/Booster`` and
 ``w-yibo/Panacea``.
 
-Deliberate departures from the reference code (algorithms.md §5 "Do not copy", §0 rules):
+Deliberate departures from the reference code (docs/algorithms.md#vaccine and
+docs/algorithms.md#shared-rules):
   * ∇_o f is taken with ``torch.autograd.grad`` on the attention outputs captured by a scoped
     forward hook, not with the deprecated ``register_backward_hook`` (unreliable ``grad_output``
     on modules that return tuples);

@@ -2,7 +2,7 @@
 
 Alternate K_a optimizer steps on the defender's alignment (refusal) data and K_f steps on the
 user's data, starting in the alignment state; each state is pulled towards the weights the
-*other* state ended with (algorithms.md §7):
+*other* state ended with (docs/algorithms.md#lisa):
 
     alignment state:  G = ∇f(w) + ρ (w − w̃_ft),   w̃_ft = weights at the end of the last user phase
     user state:       G = ∇g(w) + ρ (w − w̃_al),   w̃_al = weights at the end of the last alignment phase
@@ -16,7 +16,8 @@ steps (reference: "proximal term will hurt convergence" on GSM8K). Cost: one for
 backward per step plus an O(#trainable) proximal term; one extra copy of the trainable weights
 per anchor.
 
-Deliberate departures from the reference code (algorithms.md §0, §7):
+Deliberate departures from the reference code (docs/algorithms.md#lisa and
+docs/algorithms.md#shared-rules):
   * the phase clock and the warm-up count *optimizer* steps (``state.global_step``), so every
     micro-batch of one accumulated step is in the same state and the proximal term is added
     once per optimizer step (scaled 1/GA per micro-batch); the reference counts

@@ -15,7 +15,7 @@ a post-fine-tuning defense because ε is *applied* after training; it is *optimi
 the user's fine-tuning, so this file lives in ``defenses/finetune``. The post stage of a Panacea
 run stays ``none`` and ε is added exactly once (``train()`` below).
 
-Deliberate departures from ``w-yibo/Panacea`` (algorithms.md §2, defects 1–10):
+Deliberate departures from ``w-yibo/Panacea`` (docs/algorithms.md#panacea, defects 1–10):
   * ε is an owned fp32 copy, never an alias of ``param.grad``;
   * the clamped harmful loss is the one differentiated (the released code's ``clip_loss_h`` is
     undefined);
@@ -108,8 +108,8 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         ga = self.current_gradient_accumulation_steps
 
         # Every gradient below is averaged over processes (h token-weighted over their harmful
-        # batches), so ε and the clamp decision are the same on every process (algorithms.md §0,
-        # rule 2); on one process these are plain autograd.grad calls.
+        # batches), so ε and the clamp decision are the same on every process
+        # (docs/algorithms.md#shared-rules, rule 2); on one process these are plain autograd.grad calls.
         # pass 1: user loss g(w) (token-weighted across micro-batches exactly as the Trainer does)
         with record_function("panacea/user_pass"), self.compute_loss_context_manager():
             loss_g = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)

@@ -1,5 +1,5 @@
 """Plain (possibly poisoned) fine-tuning on the user's data: min_w g(w), G = ∇g(w)
-(algorithms.md §1). The "no defense" fine-tuning row; Panacea's baseline "SFT"."""
+(docs/algorithms.md#sft). The "no defense" fine-tuning row; Panacea's baseline "SFT"."""
 
 from __future__ import annotations
 

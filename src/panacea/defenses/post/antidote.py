@@ -1,5 +1,5 @@
-"""Antidote-style one-shot pruning (arXiv 2408.09600; algorithms.md §9): zero the LoRA weights
-that matter most on harmful data, by the Wanda score.
+"""Antidote-style one-shot pruning (arXiv 2408.09600; docs/algorithms.md#antidote): zero the LoRA
+weights that matter most on harmful data, by the Wanda score.
 
     n_j  = Σ_tokens x_j² / #tokens          (input column j of a LoRA linear, over the calibration set)
     S_ij = |W_ij| · √n_j

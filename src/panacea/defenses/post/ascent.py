@@ -5,8 +5,8 @@
 h is the mean token cross-entropy over the *whole* defender harmful set (not one batch), at the
 finished fine-tuned weights; ‖·‖ is the global ℓ2 norm over every trainable tensor. It is what
 Panacea's final step adds, computed once after training: no extra passes during fine-tuning.
-A pilot on the embedded model found this one step did as much as Panacea (embedded.md); the
-demo shows both side by side so a user can check whether Panacea's training term matters.
+A pilot on the embedded model found this one step did as much as Panacea (docs/embedded.md#pilot);
+the demo shows both side by side so a user can check whether Panacea's training term matters.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Random perturbation, Panacea's motivating baseline (arXiv 2501.18100, §3; algorithms.md §3).
+"""Random perturbation, Panacea's motivating baseline (arXiv 2501.18100, §3;
+docs/algorithms.md#random-perturbation).
 
     w' = w_T + ξ,   ξ_j ~ N(0, σ²) i.i.d. on every trainable (LoRA) tensor
 

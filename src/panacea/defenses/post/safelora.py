@@ -1,5 +1,5 @@
-"""SafeLoRA (arXiv 2405.16833; algorithms.md §8): project the user's LoRA update onto the
-"alignment direction" of the modules where it strays from it.
+"""SafeLoRA (arXiv 2405.16833; docs/algorithms.md#safelora): project the user's LoRA update onto
+the "alignment direction" of the modules where it strays from it.
 
 Per module (one LoRA target, e.g. layer 3's ``v_proj``), with the user's update ΔW = (α/r)·B·A:
 
@@ -17,19 +17,19 @@ Where V comes from:
     (``adapter_mode: merge_new``), so W_aligned − W_base is the alignment adapter chain,
     V = Σ (α/r)·B_al·A_al (read with ``safetensors`` from ``adapter_model.safetensors`` and
     ``adapter_config.json``). V then has rank ≤ r, and Ĉ is a very restrictive projection —
-    measure the utility cost [inference, algorithms.md §8];
+    measure the utility cost [inference, docs/algorithms.md#safelora];
   * ``base_model`` + ``aligned_model``: two model folders (the paper's setting: Llama-2-7b-hf
     and Llama-2-7b-chat-hf); only the target modules' weights are read from their safetensors.
 The user's update must be one B·A pair, so the repaired run must use ``adapter_mode: merge_new``
 (in ``continue`` mode the live adapter holds alignment + user update; we refuse rather than
 project a dense ΔW).
 
-Deliberate departures from ``IBM/SafeLoRA`` (algorithms.md §8 "Do not copy"): similarities are
-computed once before any projection (the reference's ``number`` mode first projects with
-threshold 0.3, issue #2); weights, projections and LoRA B are matched by module name, never by
-``zip`` order, a running index or ``shape[0] == r``; exactly K modules in ``number`` mode (the
-reference's K-th-smallest threshold projects more on ties); fp32 throughout (fp16 vs bf16
-changed results, issue #2); no full-model copies.
+Deliberate departures from ``IBM/SafeLoRA`` (docs/algorithms.md#safelora): similarities are computed
+once before any projection (the reference's ``number`` mode first projects with threshold 0.3, issue
+#2); weights, projections and LoRA B are matched by module name, never by ``zip`` order, a running
+index or ``shape[0] == r``; exactly K modules in ``number`` mode (the reference's K-th-smallest
+threshold projects more on ties); fp32 throughout (fp16 vs bf16 changed results, issue #2); no
+full-model copies.
 """
 
 from __future__ import annotations
