@@ -64,13 +64,14 @@ def scanned_files(root: Path) -> list[Path]:
             files.append(top)
         elif top.is_dir():
             files += [p for p in sorted(top.rglob("*")) if p.is_file() and p.suffix in SUFFIXES
-                      and "__pycache__" not in p.parts]
+                      and "__pycache__" not in p.parts and not any(x.endswith(".egg-info") for x in p.parts)]
     return [p for p in files if p.resolve() != Path(__file__).resolve()]
 
 
 def problems(root: Path) -> list[str]:
     """One line per unresolved reference under ``root`` (``file:line: reason``)."""
-    docs = {p.stem for p in (root / "docs").glob("*.md")} | set(FORMER_OUTSIDE)
+    # style.md (the outside guide docs/contributing.md was written from) must not be cited either
+    docs = {p.stem for p in (root / "docs").glob("*.md")} | set(FORMER_OUTSIDE) | {"style"}
     # not after ``/ "``: a path joined in code (``ROOT / "docs" / "judge.md"``, ``tmp_path / "results.md"``)
     bare = re.compile(r"(?<![\w/.-])(?<!/ \")(?<!/ ')(" + "|".join(sorted(map(re.escape, docs))) + r")\.md(?![\w])")
     cache: dict[Path, set[str]] = {}

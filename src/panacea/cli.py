@@ -1,4 +1,4 @@
-"""The ``panacea`` command: a thin dispatcher, no method logic (style.md, habit 5).
+"""The ``panacea`` command: a thin dispatcher, no method logic (docs/contributing.md#habits, habit 5).
 
     panacea run CONFIG [key=value ...] [--force]    run an experiment (one YAML = one experiment)
     panacea run CONFIG --launcher accelerate --num-processes N [--accelerate-config FILE]

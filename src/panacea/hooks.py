@@ -1,4 +1,4 @@
-"""Architecture-independent addressing of hook points, and scoped forward hooks (style.md rule 7).
+"""Architecture-independent addressing of hook points, and scoped forward hooks (docs/contributing.md#habits, habit 7).
 
 Defenses that act on hidden states (Vaccine on attention outputs, RepNoise on MLP outputs and the
 logit lens, Antidote on the inputs of LoRA layers) name *anchors*, never module paths:

@@ -1,7 +1,7 @@
 """Registries of defenses (per stage), datasets and judges.
 
 Each implementation file registers itself at import time, next to its code, under a unique
-lowercase name (style.md, habit 2). ``load_builtins()`` imports every built-in module so that
+lowercase name (docs/contributing.md#habits, habit 2). ``load_builtins()`` imports every built-in module so that
 ``panacea ls`` and name lookups see them. An unknown name raises a ``ConfigError`` listing the
 choices and the closest matches.
 """

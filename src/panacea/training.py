@@ -1,6 +1,6 @@
 """Plumbing shared by every training stage: ``TrainingArguments`` from a config, overhead
 measurement, the auxiliary data loader, and what the multi-pass trainers need to stay correct on
-several processes. No method logic lives here (style.md, habit 1).
+several processes. No method logic lives here (docs/contributing.md#habits, habit 1).
 
 Several processes (docs/algorithms.md#shared-rules, rules 2 and 6). The Trainer averages the
 gradient of its own ``backward`` over processes (DDP all-reduce, FSDP reduce-scatter); the

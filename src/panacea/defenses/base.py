@@ -1,4 +1,4 @@
-"""Defense interfaces (protocols only; no shared logic, style.md habit 1).
+"""Defense interfaces (protocols only; no shared logic: docs/contributing.md#habits, habit 1).
 
 A training defense (alignment or fine-tuning stage) is a class registered with
 ``DEFENSES[stage].register(name, Cls)`` that has a ``Config`` dataclass and builds a
