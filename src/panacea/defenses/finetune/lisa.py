@@ -63,8 +63,8 @@ class LisaConfig:
     alignment_data: DataSpec = field(default_factory=lambda: DataSpec(name="refusals"))
     """The defender's guide data: harmful prompt → refusal (default: the package's alignment pool,
     shared with the alignment stage). Reference: 10000 BeaverTails refusal rows from row 5001
-    (git-disl/Lisa:script/finetune/lisa_poison_ratio.sh, guide_data_num), i.e. disjoint from the
-    alignment-stage rows."""
+    (git-disl/Lisa:script/finetune/lisa_poison_ratio.sh, guide_data_num), i.e. rows 5001–14999,
+    which contain the alignment stage's rows 5001–9999 (docs/protocol.md)."""
     alignment_batch_size: int | None = None
     """Alignment batch; ``null`` = the user batch size (as the reference, ``_train_batch_size``)."""
 
