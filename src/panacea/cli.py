@@ -4,7 +4,7 @@
     panacea run CONFIG --launcher accelerate --num-processes N [--accelerate-config FILE]
                                                     the same on N processes (GPUs) via accelerate
     panacea validate CONFIG [key=value ...]         check a config and its data without training
-    panacea ls [defenses|datasets|judges]           what is registered, one line each
+    panacea ls [defenses|datasets|judges|matchers]  what is registered, one line each
     panacea judge-eval --judge NAME --data FILE     AUROC, accuracy, F1 of a judge on labelled pairs
     panacea rejudge RUN --judge NAME                re-score a finished run's answers with a judge
     panacea export RUN [--format alpaca_eval]       saved answers in an external scorer's format
@@ -78,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a config and load its data, without training")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*", metavar="key=value")
-    ls = sub.add_parser("ls", help="list registered defenses, datasets and judges")
-    ls.add_argument("what", nargs="?", choices=["defenses", "datasets", "judges"], help="only this kind")
+    ls = sub.add_parser("ls", help="list registered defenses, datasets, judges and answer matchers")
+    ls.add_argument("what", nargs="?", choices=["defenses", "datasets", "judges", "matchers"], help="only this kind")
     opt = dict(action="append", default=[], metavar="key=value",
                help="a judge option (eval.judge_options); repeat it; dotted keys nest, e.g. then_options.threshold=0.7")
     je = sub.add_parser("judge-eval", help="score a judge against a labelled file (AUROC, accuracy, F1)",
@@ -198,27 +198,21 @@ def check_judge(cfg) -> None:
 
 
 def cmd_run(cfg, force: bool) -> int:
-    from .distributed import init, is_main
+    from .api import run_experiment  # the Python API's code path (api.py)
+    from .distributed import is_main
     from .report import format_results, format_summary
 
-    check_judge(cfg)
-    init()  # the process group, when started by `accelerate launch` on several processes
+    run = run_experiment(cfg, force=force)
     # only the main process prints the tables (and writes the run files, see pipeline.write_atomic)
-    if not cfg.seeds:
-        from .pipeline import run_experiment
-
-        metrics = run_experiment(cfg, force=force)
-        if is_main():
-            print(format_results(metrics))
+    if not is_main():
         return 0
-    from .eval.seeds import run_seeds
-
-    summary, per_seed = run_seeds(cfg, force=force)
-    if is_main():
-        for seed, metrics in per_seed.items():
-            print(f"--- seed {seed}")
-            print(format_results(metrics, samples=False))
-        print(format_summary(summary))
+    if not cfg.seeds:
+        print(format_results(run.metrics))
+        return 0
+    for seed, metrics in run.seeds.items():
+        print(f"--- seed {seed}")
+        print(format_results(metrics, samples=False))
+    print(format_summary(run.metrics))
     return 0
 
 
@@ -288,7 +282,7 @@ def _json_safe(x):
 
 
 def cmd_ls(what: str | None) -> None:
-    from .registry import DATASETS, DEFENSES, JUDGES, STAGES
+    from .registry import DATASETS, DEFENSES, JUDGES, MATCHERS, STAGES
 
     if what in (None, "defenses"):
         for stage in STAGES:
@@ -302,6 +296,10 @@ def cmd_ls(what: str | None) -> None:
     if what in (None, "judges"):
         print("judges:")
         for e in JUDGES.entries():
+            print(f"  {e.name:<22} {e.help}")
+    if what in (None, "matchers"):
+        print("matchers (eval.utility.match):")
+        for e in MATCHERS.entries():
             print(f"  {e.name:<22} {e.help}")
 
 
@@ -419,17 +417,15 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg, _ = load_config(args.config, args.overrides)
         if args.cmd == "validate":
-            from .models import cache_dir
-            from .pipeline import Context, Plan, env_threads
+            from .api import validate
+            from .pipeline import task_warning
 
-            env_threads()  # the environment a run would read, validated like the config
-            cache_dir()
-            plan = Plan(cfg)
-            sizes = plan.check_data(Context(cfg))
-            check_judge(cfg)
+            plan, sizes = validate(cfg)
             print(f"{args.config}: valid; variants: {', '.join(plan.variants)}; pools: "
                   + ", ".join(f"{k}={v}" for k, v in sizes.items())
                   + (f"; seeds: {', '.join(map(str, cfg.seeds))}" if cfg.seeds else ""))
+            if task_warning(plan):
+                print(task_warning(plan))
             return 0
         return cmd_run(cfg, args.force)
     except UserError as e:

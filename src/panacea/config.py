@@ -561,9 +561,16 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[ExperimentConfig, dict]:
-    """Read, override and validate. Returns the config and the resolved raw mapping."""
-    raw = read_yaml(path) if path is not None else {}
+def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> tuple[ExperimentConfig, dict]:
+    """Read, override and validate. Returns the config and the resolved raw mapping.
+
+    ``path`` is a YAML file, or the raw mapping itself (``panacea.api``: a dict in a script), or
+    None for the defaults.
+    """
+    if isinstance(path, dict):
+        raw = path
+    else:
+        raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
     check_tree(raw)
     cfg = from_dict(ExperimentConfig, raw)

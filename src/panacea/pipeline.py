@@ -108,6 +108,7 @@ class Context:
     def pool(self, spec: DataSpec, key: str) -> list[Example]:
         key = self._key(key)
         entry = DATASETS.get(spec.name, f"{key}.name")
+        check_spec(spec, entry, key)
         ck = (spec.name, spec.split, spec.path, spec.hub_id, spec.hub_config, spec.size,
               spec.seed, tuple(sorted(spec.fields.items())))
         if ck not in self._pools:
@@ -129,11 +130,67 @@ class Context:
         return format_prompt(self.tokenizer, ex, self.cfg.model.template, self.cfg.model.system_prompt)
 
     def matcher(self, spec: DataSpec, key: str):
+        """``match(response, reference) -> bool`` for FA: ``spec.match`` when set (data/matchers.py),
+        else the task's own; a dataset without one (a local file) must name one."""
+        from .data.matchers import build_matcher
+
         entry = DATASETS.get(spec.name, f"{key}.name")
+        if spec.match is not None:
+            return build_matcher(spec, key)
+        if spec.pattern is not None:
+            raise ConfigError(f"{key}.pattern is read only with {key}.match: regex")
         match = entry.meta.get("match")
         if match is None:
-            raise ConfigError(f"{key}.name: {spec.name!r} is not a task with an answer matcher")
+            from .registry import MATCHERS
+
+            raise ConfigError(f"{key}.match: {spec.name!r} has no answer matcher of its own; choose one of "
+                              f"{', '.join(MATCHERS.names())} (docs/own_task.md)")
         return match
+
+
+def check_spec(spec: DataSpec, entry, key: str) -> None:
+    """Refuse keys of a data section that its dataset would ignore, naming the key: ``path`` and
+    ``fields`` for a dataset that reads none (a built-in task would silently stay built in),
+    ``holdout`` for a dataset with its own splits, ``match``/``pattern`` outside ``eval.utility``."""
+    local_file = entry.meta.get("kind") == "file" and entry.meta.get("reads_path")  # jsonl, json, csv
+    if spec.path is not None and not entry.meta.get("reads_path"):
+        raise ConfigError(f"{key}.path: the dataset {spec.name!r} reads no file, so the path would be ignored; "
+                          f"for a file of your own use {key}.name: jsonl, json or csv")
+    if spec.fields and not entry.meta.get("reads_fields"):
+        raise ConfigError(f"{key}.fields: the dataset {spec.name!r} has fixed fields; "
+                          f"field mappings are read by jsonl, json, csv and hub only")
+    if spec.holdout is not None and entry.meta.get("kind") != "file":
+        raise ConfigError(f"{key}.holdout: {spec.name!r} has its own splits (use {key}.split); "
+                          f"holdout splits a file read by jsonl, json, csv or hub")
+    if local_file and spec.holdout is None and spec.split != "train":  # "train", the default, is the whole file
+        raise ConfigError(f"{key}.split: a {spec.name} file has no splits of its own; set {key}.holdout "
+                          f"to hold out a share of it (docs/own_task.md)")
+    for k in ("match", "pattern"):
+        if getattr(spec, k) is not None and key != "eval.utility":
+            raise ConfigError(f"{key}.{k}: only eval.utility has an answer matcher")
+
+
+def task_label(spec: DataSpec) -> str:
+    """A task as results name it: the dataset, with its file or hub id (as written in the config)."""
+    where = spec.path or (f"{spec.hub_id}{'/' + spec.hub_config if spec.hub_config else ''}" if spec.hub_id else "")
+    return f"{spec.name}:{where}" if where else spec.name
+
+
+def same_task(a: DataSpec, b: DataSpec) -> bool:
+    """Whether two data sections read one task: the same built-in task (whatever its split or local
+    export), or for ``file`` datasets the same file (resolved path) or hub dataset."""
+    if a.name != b.name:
+        return False
+    if DATASETS.get(a.name).meta.get("kind") != "file":
+        return True
+
+    def where(s: DataSpec):
+        from .paths import expand_path
+
+        path = str(expand_path(s.path, "data.path")) if s.path else None
+        return path, s.hub_id, s.hub_config
+
+    return where(a) == where(b)
 
 
 # --------------------------------------------------------------------------- planning / validation
@@ -188,6 +245,7 @@ class Plan:
         self.judge = JUDGES.get(cfg.eval.judge, "eval.judge")
         variants = list(self.aligns) + list(self.runs) + list(self.posts)
         self.variants = cfg.eval.variants or variants
+        self.utility: dict | None = None  # what FA measures, set by check_data (utility_record)
 
     def defender_sets(self):
         """(config key, DataSpec) of every defender harmful set the plan uses."""
@@ -240,10 +298,18 @@ class Plan:
             ctx.examples(cfg.alignment.data, "alignment.data")
             if cfg.alignment.benign is not None:
                 ctx.examples(cfg.alignment.benign, "alignment.benign")
+        self.utility = None
         if cfg.eval.utility is not None:
-            ctx.matcher(cfg.eval.utility, "eval.utility")
+            match = ctx.matcher(cfg.eval.utility, "eval.utility")
             util = ctx.examples(cfg.eval.utility, "eval.utility")
-            check_disjoint({"finetune.data.task": task, "eval.utility": util})
+            check_references(util, match, cfg.eval.utility)
+            try:
+                check_disjoint({"finetune.data.task": task, "eval.utility": util})
+            except DataError as e:
+                hint = ("; split one file with the same holdout in both sections (docs/own_task.md)"
+                        if same_task(cfg.finetune.data.task, cfg.eval.utility) else "")
+                raise DataError(f"{e}{hint}") from None
+            self.utility = utility_record(cfg.finetune.data.task, cfg.eval.utility, match)
         if cfg.eval.benign is not None:
             ctx.examples(cfg.eval.benign, "eval.benign")
         # defender sets may share rows with each other (same defender), never with the user or eval
@@ -252,6 +318,44 @@ class Plan:
         check_disjoint({"finetune.data.harmful": user_harm, "eval.harmful": eval_harm})
         sizes = {k: len(v) for k, v in pools.items()}
         return sizes
+
+
+def check_references(rows: list[Example], match, spec: DataSpec) -> None:
+    """Every ``eval.utility`` row has a reference its matcher can match (``matchers.reference``):
+    a row without one would score wrong whatever the model answers."""
+    from .data.matchers import reference
+
+    check = getattr(match, "check", None)  # the built-in tasks' matchers have none
+    for ex in rows:
+        ref = reference(ex)
+        why = "is empty" if not ref.strip() else check(ref) if check is not None else None
+        if why:
+            field = "label" if ex.label is not None else "output"
+            row = (ex.input or ex.instruction)[:60]
+            raise DataError(f"eval.utility: the reference ({field}) of the row {row!r} {why}, "
+                            f"so match: {spec.match or spec.name} can never accept an answer")
+
+
+def utility_record(task: DataSpec, util: DataSpec, match) -> dict:
+    """What ``metrics.json["utility"]`` says about FA: the task it measures, the matcher, and whether
+    it is the task the runs fine-tune on (``same_task``; when not, the run warns first)."""
+    rec = {"task": task_label(util), "finetune_task": task_label(task), "same_task": same_task(task, util),
+           "matcher": util.match or f"{util.name} (built in: {getattr(match, '__name__', type(match).__name__)})"}
+    if util.pattern is not None:
+        rec["pattern"] = util.pattern
+    if util.holdout is not None:
+        rec["holdout"] = util.holdout
+    return rec
+
+
+def task_warning(plan: "Plan") -> str | None:
+    """The one-line warning a run prints first when FA is measured on another task than the one
+    fine-tuned on (None when they agree or FA is skipped)."""
+    u = plan.utility
+    if not u or u["same_task"]:
+        return None
+    return (f"warning: fine-tune accuracy is measured on eval.utility = {u['task']}, but the runs fine-tune on "
+            f"finetune.data.task = {u['finetune_task']} (docs/own_task.md)")
 
 
 def _asdict(dc) -> dict:
@@ -381,6 +485,9 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     plan = Plan(cfg)
     probe = Context(cfg)
     sizes = plan.check_data(probe)
+    warning = task_warning(plan)
+    if warning:
+        say(warning)
     init()  # the process group, when launched on several processes (a no-op otherwise)
     plan.check_processes(num_processes())
     with open_run_dir_on_main(run_dir_of(cfg), to_dict(cfg), force) as rd:
@@ -615,6 +722,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         "results": results,
         "records": records,
         "data_sizes": sizes,
+        "utility": plan.utility,
         "wall_seconds": wall,
         "machine": machine(),
     }

@@ -1,4 +1,4 @@
-"""Registries of defenses (per stage), datasets and judges.
+"""Registries of defenses (per stage), datasets, judges and answer matchers.
 
 Each implementation file registers itself at import time, next to its code, under a unique
 lowercase name (docs/contributing.md#habits, habit 2). ``load_builtins()`` imports every built-in module so that
@@ -73,6 +73,7 @@ STAGES = ("alignment", "finetune", "post")
 DEFENSES = {stage: Registry(f"{stage} defense") for stage in STAGES}
 DATASETS = Registry("dataset")
 JUDGES = Registry("judge")
+MATCHERS = Registry("matcher")
 
 _BUILTINS = (
     "panacea.defenses.alignment.sft",
@@ -92,6 +93,7 @@ _BUILTINS = (
     "panacea.data.sentiment",
     "panacea.data.files",
     "panacea.data.hub",
+    "panacea.data.matchers",
     "panacea.judges.harm",
     "panacea.judges.learned",
     "panacea.judges.llm",

@@ -231,9 +231,9 @@ def invalidate(stage_dir: Path) -> None:
 # --------------------------------------------------------------------------- the config a directory belongs to
 
 
-#: Keys that only bound how a run reads its inputs, left out of its identity when unset, so a run
-#: made before they existed still resumes.
-_UNSET_NOT_IDENTITY = ("max_bytes",)
+#: Keys that change nothing when unset (a bound on how a run reads its inputs, the own-task keys of
+#: a data section), left out of its identity when unset, so a run made before they existed still resumes.
+_UNSET_NOT_IDENTITY = ("max_bytes", "holdout", "match", "pattern")
 
 
 def _identity(node):

@@ -110,7 +110,8 @@ def _parse_json(text: str, where: str):
         raise DataError(f"{where}: invalid JSON ({_why(e)})") from None
 
 
-@DATASETS.register("jsonl", kind="file", help="local JSON-lines file (data.path, data.fields)")
+@DATASETS.register("jsonl", kind="file", reads_path=True, reads_fields=True,
+                   help="local JSON-lines file (data.path, data.fields)")
 def load_jsonl(spec: DataSpec) -> list[Example]:
     path, text = _read_text(spec, "jsonl")
 
@@ -122,7 +123,8 @@ def load_jsonl(spec: DataSpec) -> list[Example]:
     return rows_to_examples(rows(), spec.fields, str(path), path.name)
 
 
-@DATASETS.register("json", kind="file", help="local JSON file: a list of objects or {data: [...]}")
+@DATASETS.register("json", kind="file", reads_path=True, reads_fields=True,
+                   help="local JSON file: a list of objects or {data: [...]}")
 def load_json(spec: DataSpec) -> list[Example]:
     path, text = _read_text(spec, "json")
     if not text.strip():
@@ -142,7 +144,8 @@ def load_json(spec: DataSpec) -> list[Example]:
     return rows_to_examples(rows, spec.fields, str(path), path.name)
 
 
-@DATASETS.register("csv", kind="file", help="local CSV file with a header row")
+@DATASETS.register("csv", kind="file", reads_path=True, reads_fields=True,
+                   help="local CSV file with a header row")
 def load_csv(spec: DataSpec) -> list[Example]:
     path, text = _read_text(spec, "csv")
     reader = csv.DictReader(io.StringIO(text, newline=""))

@@ -121,7 +121,8 @@ def match_gsm8k(response: str, label: str) -> bool:
 
 
 @DATASETS.register(
-    "sst2", kind="task", match=match_sst2, help="SST-2 sentiment (stanfordnlp/sst2, online)"
+    "sst2", kind="task", reads_path=True,
+    match=match_sst2, help="SST-2 sentiment (stanfordnlp/sst2, online)"
 )
 def load_sst2(spec: DataSpec) -> list[Example]:
     rows = _rows("sst2", spec, "stanfordnlp/sst2", None, _task_split(spec, "validation"))
@@ -135,7 +136,8 @@ def load_sst2(spec: DataSpec) -> list[Example]:
 
 
 @DATASETS.register(
-    "agnews", kind="task", match=match_agnews, help="AG News topics (fancyzhx/ag_news, online)"
+    "agnews", kind="task", reads_path=True,
+    match=match_agnews, help="AG News topics (fancyzhx/ag_news, online)"
 )
 def load_agnews(spec: DataSpec) -> list[Example]:
     rows = _rows("agnews", spec, "fancyzhx/ag_news", None, _task_split(spec, "test"))
@@ -149,7 +151,8 @@ def load_agnews(spec: DataSpec) -> list[Example]:
 
 
 @DATASETS.register(
-    "gsm8k", kind="task", match=match_gsm8k, help="GSM8K math word problems (openai/gsm8k, online)"
+    "gsm8k", kind="task", reads_path=True,
+    match=match_gsm8k, help="GSM8K math word problems (openai/gsm8k, online)"
 )
 def load_gsm8k(spec: DataSpec) -> list[Example]:
     rows = _rows("gsm8k", spec, "openai/gsm8k", "main", _task_split(spec, "test"))
@@ -189,6 +192,7 @@ def _refusal_rows(name: str, spec: DataSpec):
 
 @DATASETS.register(
     "beavertails_refusals",
+    reads_path=True,
     kind="refusals",
     help="the papers' alignment data: BeaverTails prompt → refusal (anonymous4486/repnoise_beavertail, online)",
 )
@@ -206,6 +210,7 @@ def load_beavertails_refusals(spec: DataSpec) -> list[Example]:
 
 @DATASETS.register(
     "beavertails_refusal_harmful",
+    reads_path=True,
     kind="harmful_pairs",
     help="the papers' harmful pools: BeaverTails prompt → harmful response from the refusal file (online)",
 )
@@ -217,6 +222,7 @@ def load_beavertails_refusal_harmful(spec: DataSpec) -> list[Example]:
 
 @DATASETS.register(
     "beavertails_eval",
+    reads_path=True,
     kind="harmful_prompts",
     help="BeaverTails 30k_test unsafe prompts, dataset order, duplicates kept (HS prompts, online)",
 )
@@ -227,6 +233,7 @@ def load_beavertails_eval(spec: DataSpec) -> list[Example]:
 
 @DATASETS.register(
     "alpaca_eval",
+    reads_path=True,
     kind="benign_prompts",
     help="AlpacaEval's 805 instructions (tatsu-lab/alpaca_eval, online); export answers with `panacea export`",
 )
@@ -238,7 +245,7 @@ def load_alpaca_eval(spec: DataSpec) -> list[Example]:
 
 
 @DATASETS.register(
-    "hub", kind="file", help="any Hugging Face dataset (data.hub_id, hub_config, split, fields)"
+    "hub", kind="file", reads_fields=True, help="any Hugging Face dataset (data.hub_id, hub_config, split, fields)"
 )
 def load_hub(spec: DataSpec) -> list[Example]:
     if not spec.hub_id:

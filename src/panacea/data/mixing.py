@@ -1,10 +1,10 @@
 """Selecting rows from pools, building the poisoned user set, checking pools are disjoint.
 
 Implements the selection rule of docs/protocol.md#row-selection: half-open ranges
-``[start, start + n)`` after an optional seeded shuffle; a user set of ``n`` rows with
-``round(n · p)`` harmful rows drawn by a seeded RNG (the legacy rule instead takes harmful rows 1 …
-p·n−1 plus the first task rows); and a prompt-level overlap check between pools that must be
-disjoint (user harmful vs defender harmful vs evaluation prompts).
+``[start, start + n)`` after an optional seeded shuffle (and, for a local file, its hashed hold-out
+side, ``holdout_part``); a user set of ``n`` rows with ``round(n · p)`` harmful rows drawn by a
+seeded RNG; and a prompt-level overlap check between pools that must be disjoint (user harmful vs
+defender harmful vs evaluation prompts).
 """
 
 from __future__ import annotations
@@ -55,9 +55,23 @@ def eval_part(ex: Example) -> str:
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < VALIDATION_SHARE else "test"
 
 
+def holdout_part(ex: Example, share: float) -> str:
+    """``test`` or ``train``: the side of a local file's hold-out split (``data.holdout``) a prompt is on.
+
+    The rule, like :func:`eval_part` but with its own salt: the first 8 bytes of
+    ``sha256("panacea-holdout-v1\n" + prompt_key(ex))`` as a big-endian integer divided by 2**64,
+    below ``share`` → ``test``, else ``train``. It depends on the prompt alone (not on the seed or
+    the file's order), so duplicates land on one side and a prompt never moves between the sides;
+    the two hashes are independent, so ``part: validation|test`` then splits the held-out rows in
+    the usual proportions.
+    """
+    digest = hashlib.sha256(f"panacea-holdout-v1\n{prompt_key(ex)}".encode("utf-8")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < share else "train"
+
+
 def select(pool: list[Example], spec: DataSpec, key: str) -> list[Example]:
-    """Rows ``[spec.start, spec.start + spec.n)`` of ``pool`` (of its ``spec.part`` only, when set),
-    after a seeded shuffle if asked.
+    """Rows ``[spec.start, spec.start + spec.n)`` of ``pool`` (of its ``spec.split`` side of the
+    ``spec.holdout`` split, then of its ``spec.part``, when set), after a seeded shuffle if asked.
 
     Args:
         pool: the whole pool, as returned by the dataset loader.
@@ -71,6 +85,14 @@ def select(pool: list[Example], spec: DataSpec, key: str) -> list[Example]:
     name = spec.name or "?"
     if not pool:
         raise DataError(f"{key}: the pool {name} is empty")
+    if spec.holdout is not None:
+        if spec.split not in ("train", "test"):
+            raise ConfigError(f"{key}.split must be train or test with {key}.holdout, got {spec.split!r}")
+        pool = [ex for ex in pool if holdout_part(ex, spec.holdout) == spec.split]
+        name = f"{name} ({spec.split} side of holdout {spec.holdout:g})"
+        if not pool:
+            raise DataError(f"{key}: the {spec.split} side of {key}.holdout={spec.holdout:g} holds no row "
+                            f"of the pool {spec.name or '?'}; add rows or change the share")
     if spec.part is not None:
         if spec.part not in PARTS:
             raise ConfigError(f"{key}.part must be validation, test or null, got {spec.part!r}")

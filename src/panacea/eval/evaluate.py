@@ -5,13 +5,15 @@ and over-refusal (OR), each with its binomial 95% interval (Wilson).
 * HS+ = 100 · #(harmful or incoherent) / #prompts, the papers' "final score+"
   (both: docs/protocol.md#harmful-score-hs-and-hs).
 * shares: % of answers refused / engaged / off-topic / degenerate (judge categories).
-* FA  = 100 · #correct / #items with the task's own matcher (docs/protocol.md#fine-tune-accuracy-fa).
+* FA  = 100 · #correct / #items with the task's own matcher (docs/protocol.md#fine-tune-accuracy-fa),
+  or the one ``eval.utility.match`` names (``panacea.data.matchers``; a task of your own, docs/own_task.md).
 * OR  = 100 · #refused / #benign prompts (the refusal detector).
 """
 
 from __future__ import annotations
 
 from ..data.base import Example
+from ..data.matchers import reference
 from ..distributed import map_sharded
 from ..judges.base import CATEGORIES, Verdict
 from ..judges.refusal import is_refusal
@@ -82,11 +84,12 @@ def evaluate_variant(model, tokenizer, fmt, judge, ecfg, harmful: list[Example],
 
     if utility:
         answers = map_sharded(lambda exs: answer(exs, ecfg.utility_max_new_tokens, f"{name}: task"), utility)
-        ok = [bool(match(a, ex.label)) for ex, a in zip(utility, answers)]
+        refs = [reference(ex) for ex in utility]  # the label, else the output (a file without labels)
+        ok = [bool(match(a, r)) for r, a in zip(refs, answers)]
         metrics.update(finetune_accuracy=_pct(sum(ok), len(ok)), finetune_accuracy_ci=_ci(sum(ok), len(ok)),
                        n_task_items=len(ok))
-        gens["task"] = [{"prompt": ex.input or ex.instruction, "response": a, "label": ex.label, "correct": c}
-                        for ex, a, c in zip(utility, answers, ok)]
+        gens["task"] = [{"prompt": ex.input or ex.instruction, "response": a, "label": r, "correct": c}
+                        for ex, a, r, c in zip(utility, answers, refs, ok)]
 
     if benign:
         answers = map_sharded(lambda exs: answer(exs, ecfg.max_new_tokens, f"{name}: benign"), benign)
