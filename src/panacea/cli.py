@@ -4,7 +4,7 @@
     panacea run CONFIG --launcher accelerate --num-processes N [--accelerate-config FILE]
                                                     the same on N processes (GPUs) via accelerate
     panacea validate CONFIG [key=value ...]         check a config and its data without training
-    panacea ls [defenses|datasets|judges|matchers]  what is registered, one line each
+    panacea ls [defenses|attacks|datasets|judges|matchers]  what is registered, one line each
     panacea judge-eval --judge NAME --data FILE     AUROC, accuracy, F1 of a judge on labelled pairs
     panacea rejudge RUN --judge NAME                re-score a finished run's answers with a judge
     panacea export RUN [--format alpaca_eval]       saved answers in an external scorer's format
@@ -78,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a config and load its data, without training")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*", metavar="key=value")
-    ls = sub.add_parser("ls", help="list registered defenses, datasets, judges and answer matchers")
-    ls.add_argument("what", nargs="?", choices=["defenses", "datasets", "judges", "matchers"], help="only this kind")
+    ls = sub.add_parser("ls", help="list registered defenses, attacks, datasets, judges and answer matchers")
+    ls.add_argument("what", nargs="?", choices=["defenses", "attacks", "datasets", "judges", "matchers"], help="only this kind")
     opt = dict(action="append", default=[], metavar="key=value",
                help="a judge option (eval.judge_options); repeat it; dotted keys nest, e.g. then_options.threshold=0.7")
     je = sub.add_parser("judge-eval", help="score a judge against a labelled file (AUROC, accuracy, F1)",
@@ -282,13 +282,17 @@ def _json_safe(x):
 
 
 def cmd_ls(what: str | None) -> None:
-    from .registry import DATASETS, DEFENSES, JUDGES, MATCHERS, STAGES
+    from .registry import ATTACKS, DATASETS, DEFENSES, JUDGES, MATCHERS, STAGES
 
     if what in (None, "defenses"):
         for stage in STAGES:
             print(f"defenses ({stage}):")
             for e in DEFENSES[stage].entries():
                 print(f"  {e.name:<22} {e.help}")
+    if what in (None, "attacks"):
+        print("attacks (finetune.data.attack):")
+        for e in ATTACKS.entries():
+            print(f"  {e.name:<22} {e.help}")
     if what in (None, "datasets"):
         print("datasets:")
         for e in DATASETS.entries():

@@ -14,10 +14,10 @@ Schema (every field is documented on its dataclass below)::
     lora:      r, alpha, dropout, target_modules
     alignment: defense, data, benign, train, <defense options>,
                variants{<name>: {defense, train, <defense options>}}
-    finetune:  adapter_mode, data{task, harmful, n, poison_ratio}, train,
+    finetune:  adapter_mode, data{task, harmful, n, poison_ratio, seed, attack, attack_options}, train,
                runs{<name>: {defense, alignment, adapter_mode, poison_ratio, train, <defense options>}}
     post:      {<name>: {from, defense, <defense options>}}
-    eval:      harmful, utility, benign, judge, judge_options, max_new_tokens, ...
+    eval:      harmful, utility, benign, judge, judge_options, max_new_tokens, triggered, ...
 """
 
 from __future__ import annotations
@@ -167,6 +167,11 @@ class UserData:
     """Fraction p of harmful samples (papers: 0.1); exactly round(p·n) of them."""
     seed: int | None = None
     """Seed of the mixing; defaults to the experiment seed."""
+    attack: str = "poison_mix"
+    """How the user set is built (``panacea ls attacks``, docs/attacks.md): ``poison_mix`` (the
+    harmful rows above mixed into the task), ``benign``, ``identity_shift``, ``backdoor``, ``wrapped``."""
+    attack_options: dict[str, Any] = field(default_factory=dict)
+    """The attack's own options, e.g. ``{trigger: "..."}`` for ``backdoor`` (its ``Config``)."""
 
     def __post_init__(self):
         _positive("finetune.data.n", self.n)
@@ -229,6 +234,10 @@ class EvalConfig:
     """Which variants to evaluate (default: all)."""
     samples: int = 2
     """Sample answers per variant printed at the end."""
+    triggered: bool = False
+    """Also score the harmful prompts in the attack's own form (the backdoor's trigger, the
+    identity-shift persona, the wrapped template): ``triggered_harmful_score`` and friends next to
+    ``harmful_score``; needs an attack that has such a form (docs/attacks.md)."""
 
     def __post_init__(self):
         for key in ("harmful", "utility", "benign"):  # an empty set has no score: NaN, not a result

@@ -46,10 +46,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models
+from . import attacks, models
 from .config import ExperimentConfig, TrainSettings, from_dict, parse_options, to_dict
 from .data.base import DataSpec, Example
-from .data.mixing import check_disjoint, mix_poison, select
+from .data.mixing import check_disjoint, select
 from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, DataError, NonFiniteError, UserError
 from .registry import DATASETS, DEFENSES, JUDGES
@@ -228,6 +228,7 @@ class Plan:
             if not 0 <= p <= 1:
                 raise ConfigError(f"finetune.runs.{name}.poison_ratio must be in [0, 1], got {p}")
             self.runs[name] = (entry, opts, train, p)
+        self.attack, self.attack_opts = attacks.resolve(cfg)  # finetune.data.attack: builds the user set
         self.posts = {}
         for name, pc in cfg.post.items():
             entry = DEFENSES["post"].get(pc.defense, f"post.{name}.defense")
@@ -278,13 +279,11 @@ class Plan:
         models.check_folder(cfg.model)  # an empty or truncated model folder: one line, before any run
         user_harm = ctx.examples(cfg.finetune.data.harmful, "finetune.data.harmful")
         task = ctx.examples(cfg.finetune.data.task, "finetune.data.task")
-        n, sizes = cfg.finetune.data.n, {}
+        fd = cfg.finetune.data
+        user_pools = attacks.pools(ctx, fd, self.attack, self.attack_opts)
         for name, (_, _, _, p) in self.runs.items():
-            k = int(n * p + 0.5)
-            if k > len(user_harm):
-                raise UserError(f"finetune.data.n: {name} needs {k} harmful samples but finetune.data.harmful has {len(user_harm)}")
-            if n - k > len(task):
-                raise UserError(f"finetune.data.n: {name} needs {n - k} task samples but finetune.data.task has {len(task)}")
+            seed = cfg.seed if fd.seed is None else fd.seed
+            attacks.check(self.attack, self.attack_opts, user_pools, fd.n, p, seed, name)
         eval_harm = ctx.examples(cfg.eval.harmful, "eval.harmful")
         for key, spec in (("eval.harmful", cfg.eval.harmful), ("eval.utility", cfg.eval.utility),
                           ("eval.benign", cfg.eval.benign)):
@@ -654,8 +653,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
 
     # ---- stage 2: fine-tuning runs
     fd = cfg.finetune.data
-    task = ctx.examples(fd.task, "finetune.data.task")
-    harm = ctx.examples(fd.harmful, "finetune.data.harmful")
+    user_pools = attacks.pools(ctx, fd, plan.attack, plan.attack_opts)
     mix_seed = cfg.seed if fd.seed is None else fd.seed
     for name, (entry, opts, train, p) in plan.runs.items():
         step += 1
@@ -666,16 +664,19 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         if _stage_done(run_dir, out, align_chain, records, name, train):
             say(f"[{step}/{n_stages}] fine-tuning {name}: done (outputs verified)")
             continue
-        user = mix_poison(task, harm, fd.n, p, mix_seed)
+        user = attacks.build(plan.attack, plan.attack_opts, user_pools, fd.n, p, mix_seed)
         n_h = sum(1 for e in user if e.meta.get("poison"))
         ds = ctx.tokenize(user)
+        attack = "" if plan.attack.name == attacks.DEFAULT else f", attack {plan.attack.name}"
         say(f"[{step}/{n_stages}] fine-tuning {name}: {entry.name} from {plan.run_alignment[name]} "
-            f"on {len(ds)} user samples ({n_h} harmful, p={p})")
+            f"on {len(ds)} user samples ({n_h} harmful, p={p}{attack})")
         set_seed(cfg.seed)
         model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
         ctx.stage_key = f"finetune.runs.{name}"
         records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed)
         records[name]["harmful_samples"] = n_h
+        if attack:  # the default attack's record is as it was before attacks existed
+            records[name]["attack"] = plan.attack.name
         write_json(out / "record.json", records[name])
         del model
         _finish_stage(run_dir, out, align_chain, train)
@@ -803,6 +804,10 @@ def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
         elif torch.cuda.is_available():  # one process on a GPU machine: generate on the GPU
             model.to("cuda")
         m, gens = evaluate_variant(model, tok, ctx.format, judge, e, harmful, utility, match, benign, v)
+        if e.triggered:  # the same prompts in the attack's form (backdoor trigger, persona, template)
+            tm, gens["harmful_triggered"] = attacks.triggered_eval(model, tok, ctx.format, judge, e, harmful,
+                                                                   plan.attack, plan.attack_opts, v)
+            m.update(tm)
         del model
         bad = nonfinite(m)
         if bad is not None:
@@ -819,7 +824,8 @@ def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
         write_json(vdir / "result.json", row)
         write_manifest(run_dir, vdir, [vdir / "result.json", gen_path], adapter_files(chains[v]))
         fa = f", FA {row['finetune_accuracy']:.1f}" if "finetune_accuracy" in row else ""
-        say(f"    [{i}/{len(plan.variants)}] {v}: HS {row['harmful_score']:.1f}{fa} ({row['eval_seconds']:.0f} s)")
+        trig = f" (triggered {row['triggered_harmful_score']:.1f})" if e.triggered else ""
+        say(f"    [{i}/{len(plan.variants)}] {v}: HS {row['harmful_score']:.1f}{trig}{fa} ({row['eval_seconds']:.0f} s)")
     return results
 
 

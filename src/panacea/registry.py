@@ -1,4 +1,4 @@
-"""Registries of defenses (per stage), datasets, judges and answer matchers.
+"""Registries of defenses (per stage), attacks, datasets, judges and answer matchers.
 
 Each implementation file registers itself at import time, next to its code, under a unique
 lowercase name (docs/contributing.md#habits, habit 2). ``load_builtins()`` imports every built-in module so that
@@ -71,6 +71,7 @@ class Registry:
 
 STAGES = ("alignment", "finetune", "post")
 DEFENSES = {stage: Registry(f"{stage} defense") for stage in STAGES}
+ATTACKS = Registry("attack")
 DATASETS = Registry("dataset")
 JUDGES = Registry("judge")
 MATCHERS = Registry("matcher")
@@ -89,6 +90,11 @@ _BUILTINS = (
     "panacea.defenses.post.ascent",
     "panacea.defenses.post.safelora",
     "panacea.defenses.post.antidote",
+    "panacea.attacks.poison_mix",
+    "panacea.attacks.benign",
+    "panacea.attacks.identity_shift",
+    "panacea.attacks.backdoor",
+    "panacea.attacks.wrapped",
     "panacea.data.embedded",
     "panacea.data.sentiment",
     "panacea.data.files",

@@ -244,10 +244,29 @@ def _identity(node):
     return node
 
 
+#: Keys added after runs existed (dotted path → the default that reproduces the older behaviour),
+#: left out of a run's identity while they hold that default, so an older run still resumes.
+_DEFAULT_NOT_IDENTITY = {
+    ("finetune", "data", "attack"): "poison_mix",
+    ("finetune", "data", "attack_options"): {},
+    ("eval", "triggered"): False,
+}
+
+
+def _drop_defaults(data: dict) -> dict:
+    for (*parents, key), default in _DEFAULT_NOT_IDENTITY.items():
+        node = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
+    return data
+
+
 def canonical(resolved: dict) -> str:
     """The canonical YAML of a resolved config (sorted keys, ``output_dir`` left out, and unset
-    ``_UNSET_NOT_IDENTITY`` keys)."""
-    data = {k: _identity(v) for k, v in resolved.items() if k != "output_dir"}
+    ``_UNSET_NOT_IDENTITY`` keys and ``_DEFAULT_NOT_IDENTITY`` keys at their default)."""
+    data = _drop_defaults({k: _identity(v) for k, v in resolved.items() if k != "output_dir"})
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import torch
 
-from . import models
+from . import attacks, models
 from .config import ExperimentConfig, parse_options
-from .data.mixing import mix_poison
 from .errors import ConfigError
 from .registry import DEFENSES
 from .training import _reset_peak, _rss_peak_bytes, per_device_batch_size, release_freed_memory, training_arguments
@@ -117,13 +116,14 @@ class _Step:
 
 
 def _stage_examples(cfg: ExperimentConfig, ctx, stage: str) -> list:
-    """The examples the stage trains on: the alignment set (+ benign) or the poisoned user mix."""
+    """The examples the stage trains on: the alignment set (+ benign) or the user set of the attack."""
     if stage == "alignment":
         exs = ctx.examples(cfg.alignment.data, "alignment.data")
         return exs + (ctx.examples(cfg.alignment.benign, "alignment.benign") if cfg.alignment.benign else [])
     fd = cfg.finetune.data
-    task, harm = ctx.examples(fd.task, "finetune.data.task"), ctx.examples(fd.harmful, "finetune.data.harmful")
-    return mix_poison(task, harm, fd.n, fd.poison_ratio, cfg.seed if fd.seed is None else fd.seed)
+    entry, opts = attacks.resolve(cfg)  # the attack's user set (poison_mix: the poisoned mix)
+    return attacks.build(entry, opts, attacks.pools(ctx, fd, entry, opts), fd.n, fd.poison_ratio,
+                         cfg.seed if fd.seed is None else fd.seed)
 
 
 @contextlib.contextmanager
