@@ -184,3 +184,19 @@ def test_tables_show_each_rejudging_next_to_the_recorded_judge(tmp_path):
     assert "sft / panacea@rho2" not in rev   # halving keeps every other order
     pick = next(line for line in doc.splitlines() if line.startswith("* the selection rule under `strict`"))
     assert "panacea@rho1," in pick   # FA unchanged, the lowest HS within the margin is now ρ 1
+
+
+def test_record_joins_seeds_run_before_and_after_a_defaulted_key_existed(tmp_path):
+    """A seed whose config predates a key (finetune.data.attack, at the default that reproduces the
+    older behaviour) joins seeds that carry it; a real difference is still refused."""
+    run = make_run(tmp_path)
+    for seed, extra in ((1, {}), (2, {"attack": "poison_mix", "attack_options": {}}), (3, {"attack": "backdoor"})):
+        cfg = yaml.safe_load((run / f"seed_{seed}" / "config.yaml").read_text())
+        cfg["finetune"]["data"] = {"n": 10, **extra}
+        (run / f"seed_{seed}" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="finetune.data.attack differs"):
+        record(run, tmp_path / "r")
+    cfg = yaml.safe_load((run / "seed_3" / "config.yaml").read_text())
+    cfg["finetune"]["data"]["attack"] = "poison_mix"
+    (run / "seed_3" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert (record(run, tmp_path / "r") / "result.json").is_file()

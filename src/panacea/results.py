@@ -36,6 +36,7 @@ from .errors import UserError
 from .eval.seeds import summarize
 from .pipeline import merge_timings, read_timings
 from .registry import DEFENSES
+from .rundir import canonical
 
 SCHEMA = "panacea-result/1"
 PACKAGES = ("panacea", "torch", "transformers", "peft", "accelerate")
@@ -95,8 +96,10 @@ def git_commit() -> dict:
 
 
 def _identity(cfg: dict) -> dict:
-    """A seed's config without what differs between the seeds of one experiment."""
-    return {k: v for k, v in cfg.items() if k not in ("seed", "seeds", "output_dir")}
+    """A seed's config without what differs between the seeds of one experiment, compared as a run
+    directory compares configs (``rundir.canonical``: keys added later, at the default that gives the
+    older behaviour, do not count), so seeds run before and after such a key existed still join."""
+    return yaml.safe_load(canonical({k: v for k, v in cfg.items() if k not in ("seed", "seeds", "output_dir")}))
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
