@@ -46,7 +46,7 @@ def load_run(arg: str | Path) -> dict:
     """One finished run: ``{"path", "name", "rows", "seeds", "judge", "config", "wall", "provenance"}``
     (``seeds`` None for a one-seed run); a one-line
     ``UserError`` naming ``arg`` when it is not a finished run."""
-    from .pipeline import load_metrics
+    from .timings import load_metrics
 
     run = str(arg)
     path = expand_path(arg, "RUN")

@@ -55,6 +55,8 @@ from .data.mixing import check_disjoint, mix_poison, select
 from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, DataError, NonFiniteError, UserError
 from .provenance import machine, provenance
+# metrics.json / timings.json helpers live in timings.py (no torch import), re-exported here
+from .timings import TIMING_KEYS, TIMING_TOP, load_metrics, merge_timings, read_timings, split_timings  # noqa: F401
 from .registry import DATASETS, DEFENSES, JUDGES
 from .distributed import barrier, device, init, is_main, num_processes, on_main
 from .rundir import (RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
@@ -425,66 +427,6 @@ def write_run_results(run_dir: Path, metrics: dict, cfg: dict) -> Path:
                          wall=metrics.get("wall_seconds"), prov=metrics.get("provenance"), extra=files_section())
 
 
-#: Fields that measure the machine and the moment, not the method: ``timings.json`` holds them, so
-#: two runs of one config and seed on one machine write byte-identical ``metrics.json``.
-TIMING_KEYS = ("train_seconds", "step_seconds", "peak_memory_gb", "eval_seconds", "apply_seconds",
-               "memory_kind", "device")
-TIMING_TOP = ("wall_seconds", "machine")
-
-
-def split_timings(metrics: dict) -> tuple[dict, dict]:
-    """``(metrics.json, timings.json)`` contents of a run's metrics: the results and records
-    without ``TIMING_KEYS``, and those keys per variant (``results``) and per stage (``records``)
-    with the wall time and the machine."""
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-    def take(r):
-        return {k: r[k] for k in TIMING_KEYS if k in r}
-
-    out = {k: v for k, v in metrics.items() if k not in TIMING_TOP}
-    out["results"] = strip(metrics["results"])
-    timings = {k: metrics[k] for k in TIMING_TOP if k in metrics}
-    timings["results"] = {r["name"]: take(r) for r in metrics["results"]}
-    if "records" in metrics:
-        out["records"] = {n: strip([r])[0] for n, r in metrics["records"].items()}
-        timings["records"] = {n: take(r) for n, r in metrics["records"].items()}
-    return out, timings
-
-
-def merge_timings(metrics: dict | None, timings: dict | None) -> dict | None:
-    """The in-memory metrics of a run (as ``run_experiment`` returns them): ``metrics.json`` with
-    the fields of ``timings.json`` put back (``split_timings`` undone); either may be None."""
-    if metrics is None or not isinstance(timings, dict):
-        return metrics
-    out = {**metrics, **{k: timings[k] for k in TIMING_TOP if k in timings}}
-    per = timings.get("results") if isinstance(timings.get("results"), dict) else {}
-    out["results"] = [{**r, **per.get(r.get("name"), {})} for r in metrics.get("results", [])]
-    recs = timings.get("records") if isinstance(timings.get("records"), dict) else {}
-    if isinstance(metrics.get("records"), dict):
-        out["records"] = {n: {**r, **recs.get(n, {})} for n, r in metrics["records"].items()}
-    return out
-
-
-def read_timings(run_dir: Path) -> dict | None:
-    """``run_dir/timings.json``, or None when absent or unreadable (timings are informative only)."""
-    try:
-        t = json.loads((Path(run_dir) / "timings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return t if isinstance(t, dict) else None
-
-
-def load_metrics(run_dir: Path) -> dict:
-    """A finished run's ``metrics.json`` merged with its ``timings.json`` ({} when unreadable); a
-    ``metrics.json`` of an older panacea, which held the timings itself, is returned as it is."""
-    try:
-        m = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return merge_timings(m, read_timings(run_dir)) if isinstance(m, dict) else {}
-
-
 class FollowerRunDir(RunDir):
     """The run directory as a non-main process holds it: the main process's path and mode, no
     lock, no writes (the main process writes status and results)."""
@@ -762,4 +704,3 @@ def torch_threads():
     n = env_threads()
     if n:
         torch.set_num_threads(n)
-

@@ -90,13 +90,9 @@ def footer(judge: str | None, seeds: int | None = None) -> str:
 def column_notes(judge: str | None, seeds: int | None = None) -> list[str]:
     """One sentence per column of the results table (results.md, compare.md), naming the judge."""
     j = _judge_phrase(judge)
-    if judge and "+" not in judge:
-        try:
-            from .registry import JUDGES
-
-            j += f" ({JUDGES.get(judge, 'judge').help})"
-        except Exception:  # an unknown (e.g. external) judge name: just the name
-            pass
+    help_text = judge_help(judge) if judge else ""
+    if help_text:
+        j += f" ({help_text})"
     interval = ("its Wilson 95 % interval over the prompts (how much the number could move with other prompts "
                 "of the same kind)" if not seeds else
                 f"mean ± the 95 % Student-t half-width over the {seeds} training seed{'s' if seeds != 1 else ''} "
@@ -118,6 +114,25 @@ def column_notes(judge: str | None, seeds: int | None = None) -> list[str]:
         "* **train s**: seconds spent training the variant's own stage (a post-fine-tuning variant repeats "
         "its source's); a measurement of this machine, not a result.",
     ]
+
+
+def judge_help(name: str) -> str:
+    """A judge's one-line description (``panacea ls judges``), importing only its own module
+    (loading every plug-in would cost ``panacea compare`` seconds); "" for an unknown name."""
+    import importlib
+
+    from .registry import JUDGES
+
+    if JUDGES.registered(name) is None and name.isidentifier():
+        for mod in (f"panacea.judges.{name}", "panacea.judges.harm"):  # `refusal` registers with harm
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                continue
+            if JUDGES.registered(name) is not None:
+                break
+    entry = JUDGES.registered(name)
+    return entry.help if entry is not None else ""
 
 
 def format_results(metrics: dict, samples: bool = True, judge: str | None = None) -> str:

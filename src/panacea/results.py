@@ -32,7 +32,7 @@ import yaml
 
 from .errors import UserError
 from .eval.seeds import summarize
-from .pipeline import merge_timings, read_timings
+from .timings import merge_timings, read_timings
 from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES
 

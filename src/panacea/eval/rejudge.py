@@ -70,8 +70,8 @@ def _variants(run: Path) -> list[tuple[str, Path]]:
 
 
 def _metrics(run: Path) -> dict:
-    """metrics.json with the timings of timings.json (``pipeline.load_metrics``), {} if unreadable."""
-    from ..pipeline import load_metrics
+    """metrics.json with the timings of timings.json (``timings.load_metrics``), {} if unreadable."""
+    from ..timings import load_metrics
 
     return load_metrics(run)
 
