@@ -73,6 +73,8 @@ def load_run(arg: str | Path) -> dict:
         _json(path / "metrics.json", run)
         m = load_metrics(path)  # with the seconds of timings.json
         rows, seeds = m["results"], None
+    elif (path / "run" / "metrics.json").is_file():  # a bench folder holds its run in run/
+        raise UserError(f"{run}: not a finished panacea run but a bench folder; compare its run: {path / 'run'}")
     else:
         raise UserError(f"{run}: not a finished panacea run (no metrics.json or summary.json)")
     if not rows or not all(isinstance(r, dict) and "name" in r for r in rows):
