@@ -210,3 +210,28 @@ def test_ablation_findings_by_hand():
     assert any(x.startswith("Panacea vs one-shot ascent") and "ρ 0.8: HS 40.0 vs 70.0" in x and "ρ 1.6: HS 10.0 vs 60.0" in x
                for x in f)
     assert any(x.startswith("Clamp") and "panacea@perturb_every-4 50 %" in x for x in f)
+
+
+def test_dry_run_prints_the_plan_and_estimate_and_writes_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
+    cfg = bench_yaml(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "bench_results"
+    assert main(["bench", str(cfg), f"model.name_or_path={tiny_dir}", "--quick", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "[bench] plan: " in text and "panacea perturb_every=2" in text and f"output: {out} (new)" in text
+    assert text.index("expected wall time") < text.index("dry run: nothing was written")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+    # an earlier bench's folder with --force: the estimate comes first, and a dry run removes nothing
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"methods": []}))
+    assert main(["bench", str(cfg), f"model.name_or_path={tiny_dir}", "--dry-run", "--force", "--out", str(out)]) == 0
+    assert "replaces the bench results there (--force)" in capsys.readouterr().out
+    assert (out / "results.json").exists()
+
+
+def test_a_config_without_a_bench_section_is_named(tmp_path, capsys):
+    assert main(["bench", str(TINY), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{TINY} has no `bench:` section" in err and "panacea run" in err
+    assert not (tmp_path / "o").exists()

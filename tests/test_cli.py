@@ -16,9 +16,19 @@ TINY = str(Path(__file__).parents[1] / "configs" / "tiny.yaml")
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_dir, tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("run") / "tiny"
-    code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}"])
+    printed, progress = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
+        code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}"])
+    TINY_RUN_OUTPUT[out] = (printed.getvalue(), progress.getvalue())
     return code, out
+
+
+#: what the tiny run printed (stdout, stderr), by run directory
+TINY_RUN_OUTPUT: dict = {}
 
 
 def test_smoke_run_writes_everything(tiny_run, capsys):
@@ -49,6 +59,66 @@ def test_smoke_run_writes_everything(tiny_run, capsys):
     assert json.loads((out / "finetune/sft/record.json").read_text())["harmful_samples"] == 4
     lines = (out / "generations" / "panacea.jsonl").read_text().splitlines()
     assert {json.loads(x)["set"] for x in lines} == {"harmful", "task", "benign"}
+    # a post-fine-tuning stage records its peak memory as the training stages do
+    post = json.loads((out / "post/sft+ascent/record.json").read_text())
+    assert post["peak_memory_gb"] > 0 and post["memory_kind"] in ("process_peak_rss", "cuda_max_allocated")
+    assert timings["results"]["sft+ascent"]["peak_memory_gb"] == post["peak_memory_gb"]
+
+
+def test_run_says_where_its_results_are(tiny_run):
+    _, out = tiny_run
+    printed, progress = TINY_RUN_OUTPUT[out]
+    assert printed.strip().splitlines()[-1] == f"results: {out / 'results.md'}"
+    md = (out / "results.md").read_text()
+    for text in ("| variant | HS [95% CI] | HS+ | refused | engaged | off-topic | degen. | FA | OR | train s |",
+                 "| panacea | ", "![HS vs FA](hs_fa.png)", "## What the columns mean",
+                 "whose answer the `learned` judge", "**FA** (fine-tune accuracy)", "**OR** (over-refusal)",
+                 "torch 2.", "commit "):
+        assert text in md, text
+    png = (out / "hs_fa.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # the Trainer's progress bars name their stage
+    assert "alignment: 100%" in progress and "finetune/panacea: 100%" in progress and "finetune/sft:" in progress
+    # panacea plot RUN redraws them (e.g. for a run finished before they existed)
+    (out / "hs_fa.png").unlink()
+    assert main(["plot", str(out)]) == 0 and (out / "hs_fa.png").exists()
+
+
+def test_metrics_record_versions_commit_and_machine(tiny_run):
+    _, out = tiny_run
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert set(prov["versions"]) == {"panacea", "torch", "transformers", "peft", "accelerate"}
+    assert prov["versions"]["torch"] and prov["versions"]["transformers"]
+    assert set(prov["git"]) == {"commit", "dirty"}
+    if (Path(__file__).parents[1] / ".git").exists():  # a checkout (CI clones one): the commit is known
+        assert len(prov["git"]["commit"]) == 40 and isinstance(prov["git"]["dirty"], bool)
+    assert {"cpu", "cpus", "platform", "python"} <= set(prov["machine"]) and prov["machine"]["cpus"] >= 1
+
+
+def test_compare_two_runs(tiny_run, tmp_path, capsys):
+    import shutil
+
+    _, out = tiny_run
+    copy = tmp_path / "again" / "tiny"  # the same run under another folder: the rows are told apart
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.safetensors", ".lock"))
+    dest = tmp_path / "cmp"
+    assert main(["compare", str(out), str(copy), "--out", str(dest)]) == 0
+    text = capsys.readouterr().out
+    assert text.strip().splitlines()[-1] == f"compare: {dest / 'compare.md'}"
+    md = (dest / "compare.md").read_text()
+    for run in (out.parent.name, "again"):
+        assert f"| {run}/tiny/panacea | " in md and f"{run}/tiny/sft+ascent " in text
+    assert (dest / "compare.png").stat().st_size > 5000
+    # a folder with other files is not written into without --force
+    assert main(["compare", str(out), "--out", str(dest)]) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err
+    assert main(["compare", str(out), "--out", str(dest), "--force"]) == 0
+    # a run that did not finish is named, one line, exit 2, nothing written
+    (copy / "metrics.json").unlink()
+    assert main(["compare", str(out), str(copy), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"panacea: error: {copy}: not a finished panacea run (no metrics.json or summary.json)"
+    assert not (tmp_path / "never").exists()
 
 
 def test_existing_run_dir_is_not_overwritten(tiny_run, tiny_dir, capsys):
@@ -57,7 +127,8 @@ def test_existing_run_dir_is_not_overwritten(tiny_run, tiny_dir, capsys):
     # the same config: the run is complete, nothing is retrained or rewritten
     code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}"])
     assert code == 0
-    assert "is complete" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "is complete" in printed and printed.strip().splitlines()[-1] == f"results: {out / 'results.md'}"
     # another config: refused, naming the first differing key
     code = main(["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}", "finetune.data.n=12"])
     assert code == 2

@@ -190,6 +190,7 @@ def test_seeds_run_each_seed_and_summarise(tiny_dir, tmp_path, monkeypatch, caps
     assert json.loads((out / "status.json").read_text())["state"] == "done"
     text = capsys.readouterr().out
     assert "20.0 ± 24.8" in text and "--- seed 3" in text
+    assert "| sft | 20.0 ± 24.8 | 30.0 ± 24.8 |" in (out / "results.md").read_text()
     assert main(args) == 0  # the same config: complete, nothing runs again
     assert "is complete" in capsys.readouterr().out and len(calls) == 3
     assert main([*args, "seeds=[1, 2]"]) == 2  # another config: refused
@@ -209,6 +210,11 @@ def test_seeds_real_run(tiny_dir, tmp_path, capsys):
     assert json.loads((out / "seed_5" / "metrics.json").read_text())["results"][0]["name"] == "sft"
     m = json.loads((out / "summary.json").read_text())["results"][0]["metrics"]["harmful_score"]
     assert m["n"] == 1 and m["ci95"] is None
+    # the parent's results.md and plot come from the summary; each seed has its own
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"results: {out / 'results.md'}"
+    md = (out / "results.md").read_text()
+    assert "mean ± 95 % interval over 1 training seed (5)" in md and "| sft | " in md and "`seed_5/`" in md
+    assert (out / "hs_fa.png").exists() and (out / "seed_5" / "results.md").exists()
     # and the finished multi-seed run can be re-judged
     assert main(["rejudge", str(out), "--judge", "refusal"]) == 0
     assert json.loads((out / "rejudge_refusal.json").read_text())["seeds"] == [5]

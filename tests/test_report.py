@@ -12,7 +12,7 @@ def _row(name, harmless):
 def test_engaged_harmless_column_only_when_the_judge_fills_it():
     two = format_results({"name": "r", "results": [_row("sft", 0.0), _row("panacea", 25.0)]}, samples=False)
     head, rule, sft, pan = two.splitlines()[1:5]
-    assert "eng. harmless" in head and "eng. harmless:" in two
+    assert "harmless" in head
     assert pan.split()[6] == "25.0" and sft.split()[6] == "0.0"   # after variant, HS, [CI], HS+, refused, engaged
     one = format_results({"name": "r", "results": [_row("sft", 0.0)]}, samples=False)
-    assert "harmless" not in one and len(one.splitlines()[1].split()) == len(head.split()) - 2
+    assert "harmless" not in one and len(one.splitlines()[1].split()) == len(head.split()) - 1

@@ -328,6 +328,7 @@ def collect(metrics: dict, methods: list[dict]) -> list[dict]:
                 row["peak_memory_ratio"] = round(stage_rec["peak_memory_gb"] / ref["peak_memory_gb"], 3)
         else:
             row["apply_seconds"] = stage_rec.get("apply_seconds")
+            row["peak_memory_gb"] = stage_rec.get("peak_memory_gb")  # of the one-shot repair
         rows.append(row)
     return rows
 
@@ -528,37 +529,23 @@ def plot_all(results: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import plot_hs_fa, point
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    rows = [r for r in results["methods"] if r.get("harmful_score") is not None]
     colors = {"alignment": "#3b6ea5", "finetune": "#c0504d", "post": "#4f9a55"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for r in rows:
-        fa = r.get("finetune_accuracy")
-        if fa is None:
-            continue
-        ax.scatter(fa, r["harmful_score"], color=colors.get(r["stage"], "gray"), s=36, zorder=3)
-        ax.annotate(r["method"], (fa, r["harmful_score"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    # HS vs FA (plots.py, shared with a run's hs_fa.png): one point per method, its HS interval as a
+    # bar, coloured by stage; the ablation points as small crosses labelled option=value
+    pts = [{**point({**r, "name": r["method"]}), "color": colors.get(r["stage"], "gray")}
+           for r in results["methods"] if r.get("harmful_score") is not None]
     sweep = [a for a in results.get("ablations") or [] if not a["base"] and a.get("harmful_score") is not None
              and a.get("finetune_accuracy") is not None]
-    for a in sweep:
-        ax.scatter(a["finetune_accuracy"], a["harmful_score"], color=colors.get(a["stage"], "gray"), s=14,
-                   marker="x", zorder=2, alpha=0.8)
-        ax.annotate(f"{a['option']}={a['value']}", (a["finetune_accuracy"], a["harmful_score"]), fontsize=6,
-                    xytext=(3, -8), textcoords="offset points", color="#555555")
-    for stage, c in colors.items():
-        ax.scatter([], [], color=c, label=f"{stage} stage")
+    pts += [{**point({**a, "name": f"{a['option']}={a['value']}"}), "color": colors.get(a["stage"], "gray"),
+             "marker": "x", "size": 14, "fontsize": 6, "label_color": "#555555"} for a in sweep]
+    legend = [(f"{stage} stage", {"color": c}) for stage, c in colors.items()]
     if sweep:
-        ax.scatter([], [], color="gray", marker="x", s=14, label="ablation (option=value)")
-    ax.set_xlabel("fine-tune accuracy FA (%) →  better")
-    ax.set_ylabel("harmful score HS (%) ↓ better")
-    ax.set_title(f"{results['name']}: every defense after the same attack", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "hs_vs_fa.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+        legend.append(("ablation (option=value)", {"color": "gray", "marker": "x"}))
+    paths = [plot_hs_fa(pts, out_dir / "hs_vs_fa.png", f"{results['name']}: every defense after the same attack",
+                        legend=legend, note="bars: Wilson 95 % interval of HS over the prompts")]
 
     over = [r for r in results["methods"] if r.get("step_time_ratio") is not None]
     if over:
@@ -735,37 +722,69 @@ def remove_bench(out_dir: Path) -> None:
             lock.close()
 
 
+def plan_lines(methods: list[dict], bench: dict, plan, out_dir: Path, action: str) -> list[str]:
+    """What the bench will run and where it will write, printed before anything is written."""
+    stages = {"alignment": "alignment (each + the same poisoned sft)", "finetune": "fine-tuning",
+              "post": "post-fine-tuning (on sft)"}
+    lines = [f"[bench] plan: {len(methods)} methods, {len(plan.variants)} evaluated variants"]
+    for stage, title in stages.items():
+        names = [m["method"] for m in methods if m["stage"] == stage]
+        if names:
+            lines.append(f"[bench]   {title}: {', '.join(names)}")
+    abl = bench.get("_ablations") or []
+    if abl:
+        lines.append("[bench]   ablations: " + ", ".join(f"{a['method']} {a['option']}={a['value']}" for a in abl))
+    sc = _scaling_spec(bench.get("scaling"), {m["method"]: m for m in methods})
+    if sc:
+        lines.append(f"[bench]   scaling: {', '.join(sc['methods'])} × seq {sc['seq_lengths']} × rank {sc['ranks']}")
+    lines.append(f"[bench]   output: {out_dir} ({action})")
+    return lines
+
+
 def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = False,
-              overrides: list[str] = (), command: str = "", resume: bool = False) -> dict:
+              overrides: list[str] = (), command: str = "", resume: bool = False,
+              dry_run: bool = False) -> dict | None:
+    """Build, estimate and run the bench (module docstring). Nothing is created or removed before
+    the plan and the time estimate are printed; with ``dry_run`` nothing is written at all (the
+    estimate's probe may still fill the model cache once) and None is returned."""
     import shutil
 
     import torch
 
     from . import models
     from .analysis.coefficients import analyze_run
-    from .pipeline import Context, Plan, machine, run_experiment, say
+    from .pipeline import Context, Plan, run_experiment, say
+    from .provenance import machine
 
     raw = read_yaml(config)
+    if not isinstance(raw, dict) or "bench" not in raw:
+        raise ConfigError(f"{config} has no `bench:` section, so it is not a bench config (see configs/bench.yaml); "
+                          f"to run it as one experiment: panacea run {config}")
     out_dir = expand_path(out, "--out")
     if resume and read_marker(out_dir / "run") is None:
         raise UserError(f"--resume: {str(out_dir)!r} holds no interrupted bench (no valid run/run.json)")
+    replace = False
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not resume:
         if not is_bench_folder(out_dir):  # never written into nor deleted from, --force or not
             raise UserError(f"{str(out_dir)!r} is not empty and not a panacea bench folder (no valid run/run.json "
                             f"or results.json); refusing to use it: set --out <new or empty folder>")
         if not force:
             raise UserError(f"{str(out_dir)!r} already holds bench results; pass --force, --resume or --out <new folder>")
-        remove_bench(out_dir)
+        replace = True  # removed only once the estimate is printed (and never by --dry-run)
     cfg, bench, methods = build(raw, quick, overrides)
     cfg.output_dir = str(out_dir / "run")
     plan = Plan(cfg)
     plan.check_data(Context(cfg))
     t0 = time.perf_counter()
 
+    action = ("resumes the interrupted bench there" if resume else "replaces the bench results there (--force)"
+              if replace else "new")
+    for line in plan_lines(methods, bench, plan, out_dir, action):
+        say(line)
     # a short probe for the time estimate: one SFT step and a few generations on this machine
     tok = models.load_tokenizer(cfg.model)
     ctx = Context(cfg, tok)
-    say(f"[bench] {len(methods)} methods, {len(plan.variants)} evaluated variants; probing this machine …")
+    say("[bench] probing this machine for the time estimate …")
     probe_step, probe_eval = _probe(cfg, ctx)
     by_method = {m["method"]: m for m in methods}
     spec = _scaling_spec(bench.get("scaling"), by_method)
@@ -773,6 +792,10 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     est = estimate_seconds(cfg, plan, probe_step, probe_eval, n_gen, spec)
     say(f"[bench] expected wall time ≈ {est / 60:.0f} min (SFT step {probe_step:.2f} s, one evaluation ≈ {probe_eval:.0f} s)"
         f"{'; for a fresh run: --resume skips what is finished' if resume else ''}")
+    if dry_run:
+        return None
+    if replace:
+        remove_bench(out_dir)
 
     metrics = run_experiment(cfg, force=False)
     rows = collect(metrics, methods)

@@ -11,8 +11,12 @@
     panacea analyze RUN                             per-layer safety coefficients of Panacea's ε
     panacea record RUN [RUN ...] results/NAME       keep finished runs' config, metrics, answers, provenance
     panacea tables [results] [--write F --readme F] markdown tables (mean ± 95% over seeds) from results/
-    panacea bench [CONFIG] [--quick]                every defense compared, overhead, plots, report
-    panacea plot RESULTS.json                       redraw the bench plots
+    panacea bench [CONFIG] [--quick] [--dry-run]    every defense compared, overhead, plots, report
+    panacea plot RESULTS.json | RUN                 redraw the bench plots, or a run's results.md and hs_fa.png
+    panacea compare RUN [RUN ...] [--out DIR]       several finished runs in one table and one plot
+
+Every ``run`` writes ``results.md`` (the table, what each column means) and ``hs_fa.png`` into its
+run directory and ends with the line ``results: <run_dir>/results.md`` (docs/reading_results.md).
 
 ``run`` with ``seeds: [..]`` in the config runs once per seed into ``<run_dir>/seed_<s>/`` and
 writes ``summary.json`` (mean ± 95 % interval per metric, ``panacea.eval.seeds``).
@@ -41,6 +45,8 @@ EPILOG = """examples:
   panacea judge-eval --judge llm --data labelled.jsonl --judge-option calibration=cal.jsonl
   panacea judge-eval --judge learned --data pyrit-human:test
   panacea rejudge runs/demo --judge gate --judge-option then=llm --judge-option then_options.threshold=0.7
+  panacea compare runs/demo runs/tiny --out runs/compare/demo-vs-tiny
+  panacea bench --quick --dry-run
 """
 
 
@@ -92,23 +98,28 @@ def _parser() -> argparse.ArgumentParser:
     je.add_argument("--out", help="also write the full report (with per-row scores) to this JSON file")
     rj = sub.add_parser("rejudge", help="re-score a finished run's saved answers with another judge",
                         description="Re-judge RUN/generations/*.jsonl and write RUN/rejudge_<judge>.json; "
-                        "metrics.json is not touched.")
+                        "metrics.json is not touched. An earlier re-judging with the same judge (and --tag) is "
+                        "refused unless --force.")
     rj.add_argument("run", help="run directory (or a multi-seed run directory)")
     rj.add_argument("--judge", required=True, help="judge name (panacea ls judges)")
     rj.add_argument("--judge-option", dest="judge_options", **opt)
     rj.add_argument("--tag", help="suffix of the output name, to keep several re-judgings with one judge")
+    rj.add_argument("--force", action="store_true",
+                    help="replace an earlier re-judging with the same judge and tag (refused without it)")
     ex = sub.add_parser("export", help="export a finished run's saved answers for an external scorer",
-                        description="Write RUN/exports/<format>/<variant>.json from RUN/generations/*.jsonl "
-                        "(alpaca_eval: the input of the alpaca_eval tool, for the papers' AlpacaEval win rate).")
+                        description="Write RUN/exports/<format>/<set>/<variant>.json from RUN/generations/*.jsonl "
+                        "(alpaca_eval: the input of the alpaca_eval tool, for the papers' AlpacaEval win rate); "
+                        "each --set has its own folder.")
     ex.add_argument("run", help="run directory")
     ex.add_argument("--format", default="alpaca_eval", help="alpaca_eval (default)")
     ex.add_argument("--set", dest="answer_set", default="benign",
                     help="which saved answers: benign (default; evaluate with eval.benign={name: alpaca_eval}), harmful or task")
-    ex.add_argument("--force", action="store_true", help="replace existing export files")
+    ex.add_argument("--force", action="store_true", help="replace existing export files of the same format and set")
     b = sub.add_parser("bench", help="every registered defense in one run: HS/FA, overhead, ε per layer, plots",
                        description="Build the comparison of every registered defense from CONFIG (a base "
                        "experiment plus a `bench:` section, default configs/bench.yaml), run it, and write "
-                       "OUT/results.json, OUT/report.md and PNG plots. Prints the expected time first.")
+                       "OUT/results.json, OUT/report.md and PNG plots. Prints the plan and the expected time "
+                       "before it creates or removes anything.")
     b.add_argument("config", nargs="?", default="configs/bench.yaml", help="bench YAML (default: configs/bench.yaml)")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base experiment")
     b.add_argument("--quick", action="store_true", help="apply the config's bench.quick profile (< 15 min on 2 CPU cores)")
@@ -117,9 +128,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true",
                    help="continue an interrupted bench in OUT with the same config: finished stages and "
                         "evaluations are kept (checked against their checksums), the rest runs")
-    pl = sub.add_parser("plot", help="redraw the bench plots from a results.json",
-                        description="Redraw hs_vs_fa.png and overhead.png next to RESULTS (a bench results.json).")
-    pl.add_argument("results", help="bench_results/results.json")
+    b.add_argument("--dry-run", action="store_true",
+                   help="print the plan and the time estimate, then exit without writing anything")
+    pl = sub.add_parser("plot", help="redraw the plots of a bench (results.json) or of a finished run (RUN)",
+                        description="Redraw hs_vs_fa.png and overhead.png next to RESULTS (a bench results.json), "
+                        "or a finished run's results.md and hs_fa.png (RESULTS: the run directory).")
+    pl.add_argument("results", help="bench_results/results.json, or a run directory")
+    cp = sub.add_parser("compare", help="several finished runs side by side: one table, one HS-vs-FA plot",
+                        description="Put the variants of finished runs (one seed, a seeds: [...] run, or a recorded "
+                        "result) in one table (rows <run>/<variant>) and one plot: print the table and write "
+                        "compare.md and compare.png into --out.")
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="finished run directories")
+    cp.add_argument("--out", help="output folder (default: runs/compare/<timestamp> under the current directory)")
+    cp.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces compare.md/.png)")
     rc = sub.add_parser("record", help="keep a finished run's citable part (config, metrics, answers, provenance) under results/",
                         description="Copy RUN's resolved config, every seed's metrics.json and saved answers "
                         "(generations/*.jsonl, for re-judging), summary.json, and a result.json with the command, "
@@ -182,7 +203,7 @@ def cmd_rejudge(args) -> int:
     from .eval.rejudge import rejudge
     from .report import format_rejudge
 
-    out = rejudge(args.run, args.judge, judge_options(args.judge_options), args.tag)
+    out = rejudge(args.run, args.judge, judge_options(args.judge_options), args.tag, force=args.force)
     print(format_rejudge(out))
     return 0
 
@@ -208,12 +229,22 @@ def cmd_run(cfg, force: bool) -> int:
         return 0
     if not cfg.seeds:
         print(format_results(run.metrics))
-        return 0
-    for seed, metrics in run.seeds.items():
-        print(f"--- seed {seed}")
-        print(format_results(metrics, samples=False))
-    print(format_summary(run.metrics))
+    else:
+        for seed, metrics in run.seeds.items():
+            print(f"--- seed {seed}")
+            print(format_results(metrics, samples=False))
+        print(format_summary(run.metrics, judge=cfg.eval.judge))
+    print(results_line(run.run_dir))
     return 0
+
+
+def results_line(run_dir: Path) -> str:
+    """The last line of ``panacea run``: where its results are (``results.md``, or the folder of
+    a run finished by an older panacea that wrote none)."""
+    from .report import RESULTS_MD
+
+    md = run_dir / RESULTS_MD
+    return f"results: {md if md.is_file() else str(run_dir) + '/'}"
 
 
 def launch_command(args, processes: int) -> list[str]:
@@ -374,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.force and args.resume:
                 raise UserError("--force and --resume exclude each other: --force deletes what --resume keeps")
             res = run_bench(args.config, args.quick, args.out, args.force, args.overrides, resume=args.resume,
-                            command="panacea " + " ".join(sys.argv[1:]) if argv is None else "panacea " + " ".join(argv))
+                            command="panacea " + " ".join(sys.argv[1:]) if argv is None else "panacea " + " ".join(argv),
+                            dry_run=args.dry_run)
+            if args.dry_run:
+                print(f"dry run: nothing was written; without --dry-run the bench writes {args.out}/")
+                return 0
             print(format_bench(res))
             print(f"→ {args.out}/results.json, {args.out}/report.md")
             return 0
@@ -393,10 +428,24 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.write or args.readme):
                 print(doc, end="")
             return 0
-        if args.cmd == "plot":
-            from .bench import replot
+        if args.cmd == "compare":
+            from .compare import compare
 
-            for path in replot(args.results):
+            res = compare(args.runs, args.out, args.force)
+            print(res["text"])
+            print(f"compare: {res['markdown']}")
+            return 0
+        if args.cmd == "plot":
+            target = Path(args.results)
+            if target.is_dir() or target.name in ("metrics.json", "summary.json"):  # a run's results.md, hs_fa.png
+                from .compare import redraw
+
+                paths = redraw(target)
+            else:
+                from .bench import replot
+
+                paths = replot(args.results)
+            for path in paths:
                 print(path)
             return 0
         if args.cmd == "analyze":

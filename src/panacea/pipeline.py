@@ -14,9 +14,12 @@ Run directory layout::
     eval/<variant>/result.json       one variant's metrics (+ done.json)
     generations/<variant>.jsonl      every evaluated answer with its judge verdict
     timings.json                     wall time, machine, and per variant and stage the seconds and memory
+    results.md, hs_fa.png            the results table with what each column means, and HS vs FA
+                                     (report.write_results; docs/reading_results.md)
     metrics.json                     written last: ``results`` (one entry per variant), ``records``
-                                     (per stage), ``data_sizes``; no timings, so the same config and
-                                     seed on one machine give a byte-identical file
+                                     (per stage), ``data_sizes``, ``provenance`` (package versions, git
+                                     commit, machine); no timings, so the same config and seed on one
+                                     machine and checkout give a byte-identical file
 
 ``metrics.json`` is written only when every stage and every evaluation has finished, so a run that
 failed never leaves a result that looks complete. Every file is written under a temporary name and
@@ -52,6 +55,9 @@ from .data.base import DataSpec, Example
 from .data.mixing import check_disjoint, select
 from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, DataError, NonFiniteError, UserError
+from .provenance import machine, provenance
+# metrics.json / timings.json helpers live in timings.py (no torch import), re-exported here
+from .timings import TIMING_KEYS, TIMING_TOP, load_metrics, merge_timings, read_timings, split_timings  # noqa: F401
 from .registry import DATASETS, DEFENSES, JUDGES
 from .distributed import barrier, device, init, is_main, num_processes, on_main
 from .rundir import (RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
@@ -401,17 +407,21 @@ def stage_bytes(model, train: TrainSettings | None = None) -> int:
     return 2 * weights + fp32 + ckpts * (weights + 4 * fp32) + DISK_MARGIN
 
 
-def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, out_dir: Path, ctx: Context, seed: int):
+def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, out_dir: Path, ctx: Context, seed: int,
+                 progress: str = ""):
+    """Train one stage with its defense's Trainer into ``out_dir`` and return its record;
+    ``progress`` labels the progress bar (default: the last two parts of ``out_dir``)."""
     from transformers import set_seed
 
     from .checkpoint import CheckpointState, NumericsGuard, latest_checkpoint
-    from .training import Overhead, save_adapter, training_arguments
+    from .training import Overhead, name_progress, save_adapter, training_arguments
 
     check_disk(out_dir, stage_bytes(model, train), label)
     ckpt = latest_checkpoint(out_dir)
     set_seed(seed)
     args = training_arguments(train, out_dir, seed)
     trainer = defense_entry.obj.make_trainer(model, args, data, ctx, opts)
+    name_progress(trainer, progress or "/".join(out_dir.parts[-2:]))  # the bar says which stage it is, e.g. finetune/panacea
     overhead = Overhead()
     trainer.add_callback(overhead)
     saver = CheckpointState(trainer, overhead, train.save_total_limit)
@@ -509,68 +519,19 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
             raise
         results_only, timings = split_timings(metrics)
         write_json(rd.path / "timings.json", timings)
+        write_run_results(rd.path, metrics, to_dict(cfg))
         rd.finish("metrics.json", results_only, wall_seconds=metrics["wall_seconds"])
     return metrics
 
 
-#: Fields that measure the machine and the moment, not the method: ``timings.json`` holds them, so
-#: two runs of one config and seed on one machine write byte-identical ``metrics.json``.
-TIMING_KEYS = ("train_seconds", "step_seconds", "peak_memory_gb", "eval_seconds", "apply_seconds",
-               "memory_kind", "device")
-TIMING_TOP = ("wall_seconds", "machine")
+def write_run_results(run_dir: Path, metrics: dict, cfg: dict) -> Path:
+    """``results.md`` and ``hs_fa.png`` of a run (report.write_results), before ``metrics.json``
+    marks it finished: a finished run always has them."""
+    from .report import files_section, judge_of, write_results
 
-
-def split_timings(metrics: dict) -> tuple[dict, dict]:
-    """``(metrics.json, timings.json)`` contents of a run's metrics: the results and records
-    without ``TIMING_KEYS``, and those keys per variant (``results``) and per stage (``records``)
-    with the wall time and the machine."""
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-    def take(r):
-        return {k: r[k] for k in TIMING_KEYS if k in r}
-
-    out = {k: v for k, v in metrics.items() if k not in TIMING_TOP}
-    out["results"] = strip(metrics["results"])
-    timings = {k: metrics[k] for k in TIMING_TOP if k in metrics}
-    timings["results"] = {r["name"]: take(r) for r in metrics["results"]}
-    if "records" in metrics:
-        out["records"] = {n: strip([r])[0] for n, r in metrics["records"].items()}
-        timings["records"] = {n: take(r) for n, r in metrics["records"].items()}
-    return out, timings
-
-
-def merge_timings(metrics: dict | None, timings: dict | None) -> dict | None:
-    """The in-memory metrics of a run (as ``run_experiment`` returns them): ``metrics.json`` with
-    the fields of ``timings.json`` put back (``split_timings`` undone); either may be None."""
-    if metrics is None or not isinstance(timings, dict):
-        return metrics
-    out = {**metrics, **{k: timings[k] for k in TIMING_TOP if k in timings}}
-    per = timings.get("results") if isinstance(timings.get("results"), dict) else {}
-    out["results"] = [{**r, **per.get(r.get("name"), {})} for r in metrics.get("results", [])]
-    recs = timings.get("records") if isinstance(timings.get("records"), dict) else {}
-    if isinstance(metrics.get("records"), dict):
-        out["records"] = {n: {**r, **recs.get(n, {})} for n, r in metrics["records"].items()}
-    return out
-
-
-def read_timings(run_dir: Path) -> dict | None:
-    """``run_dir/timings.json``, or None when absent or unreadable (timings are informative only)."""
-    try:
-        t = json.loads((Path(run_dir) / "timings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return t if isinstance(t, dict) else None
-
-
-def load_metrics(run_dir: Path) -> dict:
-    """A finished run's ``metrics.json`` merged with its ``timings.json`` ({} when unreadable); a
-    ``metrics.json`` of an older panacea, which held the timings itself, is returned as it is."""
-    try:
-        m = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return merge_timings(m, read_timings(run_dir)) if isinstance(m, dict) else {}
+    rows = metrics["results"]
+    return write_results(run_dir, metrics["name"], rows, judge_of(rows, cfg.get("eval", {}).get("judge")), cfg=cfg,
+                         wall=metrics.get("wall_seconds"), prov=metrics.get("provenance"), extra=files_section())
 
 
 class FollowerRunDir(RunDir):
@@ -647,7 +608,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         set_seed(cfg.seed)  # the new adapter's random init (LoRA A) is drawn from the global RNG
         model = models.build(cfg.model, cfg.lora, [], new_adapter=True)
         ctx.stage_key = "alignment" if name == plan.main else f"alignment.variants.{name}"
-        records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out, ctx, cfg.seed)
+        records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out, ctx, cfg.seed,
+                                     progress=out.relative_to(run_dir).as_posix())
         del model
         _finish_stage(run_dir, out, [], train)
 
@@ -673,7 +635,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         set_seed(cfg.seed)
         model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
         ctx.stage_key = f"finetune.runs.{name}"
-        records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed)
+        records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed,
+                                     progress=f"finetune/{name}")
         records[name]["harmful_samples"] = n_h
         if attack:  # the default attack's record is as it was before attacks existed
             records[name]["attack"] = plan.attack.name
@@ -698,19 +661,21 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
                             adapter_mode=plan.adapter_mode[src])
         model = models.build(cfg.model, cfg.lora, chains[src], new_adapter=False, trainable=True)
         check_disk(out, stage_bytes(model), f"post-fine-tuning {name}")
+        from .training import peak_memory, reset_peak_memory, save_adapter
+
+        reset_peak_memory()  # as a training stage measures it (training.Overhead): from the model built
         t0 = time.perf_counter()
         try:
             info = entry.obj.apply(model, ctx, opts)
         except ConfigError as e:
             raise ConfigError(f"post.{name}: {e}") from None
         secs = time.perf_counter() - t0
+        memory = peak_memory()
         check_repaired(model, ctx, info, f"post-fine-tuning {name}", f"post.{name}")
-        from .training import save_adapter
-
         with atomic_path(out / "adapter") as tmp:
             save_adapter(model, tmp)  # the main process writes
         records[name] = {"defense": entry.name, "from": src, "apply_seconds": round(secs, 2),
-                         "train_seconds": records[src]["train_seconds"], **info}
+                         "train_seconds": records[src]["train_seconds"], **memory, **info}
         write_json(out / "record.json", records[name])
         _finish_stage(run_dir, out, chains[src])
         del model
@@ -724,6 +689,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         "records": records,
         "data_sizes": sizes,
         "utility": plan.utility,
+        "provenance": provenance(),
         "wall_seconds": wall,
         "machine": machine(),
     }
@@ -853,32 +819,3 @@ def torch_threads():
     n = env_threads()
     if n:
         torch.set_num_threads(n)
-
-
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine() -> dict:
-    import platform
-
-    import torch
-
-    return {
-        "cpu": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        **({"processes": num_processes()} if num_processes() > 1 else {}),  # accelerate launch
-    }

@@ -56,6 +56,11 @@ class Registry:
             )
         return self._entries[name]
 
+    def registered(self, name: str) -> Entry | None:
+        """The entry ``name`` if it is registered already, else None; unlike ``get``, no built-in
+        plug-in is imported (cheap, for labels)."""
+        return self._entries.get(name)
+
     def names(self) -> list[str]:
         load_builtins()
         return sorted(self._entries)

@@ -25,21 +25,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError
 from .eval.seeds import summarize
-from .pipeline import merge_timings, read_timings
+from .timings import merge_timings, read_timings
+from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES
 from .rundir import canonical
 
 SCHEMA = "panacea-result/1"
-PACKAGES = ("panacea", "torch", "transformers", "peft", "accelerate")
 #: selection rule of a search: lowest validation HS among values whose FA is within this many
 #: points of the reference variant's FA (issue "Results people can cite": FA within 3 points of SFT)
 FA_MARGIN = 3.0
@@ -70,29 +68,6 @@ def _seed_dirs(run: Path) -> dict[int, Path]:
         cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
         return {int(cfg.get("seed", 0)): run}
     raise UserError(f"{run}: not a finished panacea run (no summary.json or metrics.json)")
-
-
-def versions() -> dict:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def git_commit() -> dict:
-    """The commit of the source tree this package runs from, and whether it had local changes."""
-    src = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": head, "dirty": bool(dirty)}
 
 
 def _identity(cfg: dict) -> dict:
@@ -152,7 +127,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    wall, machine, per_seed = {}, None, {}
+    wall, machine, per_seed, prov = {}, None, {}, None
     for seed in sorted(seeds):
         d = seeds[seed]
         dst = tmp if single else tmp / f"seed_{seed}"
@@ -170,6 +145,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         m = merge_timings(_read_json(d / "metrics.json"), read_timings(d))
         wall[str(seed)] = m.get("wall_seconds")
         machine = machine or m.get("machine")
+        prov = prov or m.get("provenance")  # what the run itself recorded (metrics.json), if it did
         per_seed[seed] = m["results"]
     if len(runs) == 1 and (runs[0] / "summary.json").is_file():
         total = _read_json(runs[0] / "summary.json").get("wall_seconds")
@@ -192,8 +168,9 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         "wall_seconds": total,
         "wall_seconds_per_seed": wall,
         "machine": machine,
-        "versions": versions(),
-        "git": git_commit(),
+        # the versions and commit the run recorded; a run from before metrics.json kept them: now's
+        "versions": (prov or {}).get("versions") or versions(),
+        "git": (prov or {}).get("git") or git_commit(),
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     (tmp / "result.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

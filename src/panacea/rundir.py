@@ -320,7 +320,8 @@ _OLD_DIR = re.compile(r"\.(.+)\.old-\d+")
 
 #: What a run directory holds at its top level (pipeline.py, eval/seeds.py, rejudge, export,
 #: analyze): ``--force`` removes these from a proven run and keeps anything else.
-_OWN_FILES = {"config.yaml", MARKER_FILE, "status.json", "metrics.json", "timings.json", "summary.json"}
+_OWN_FILES = {"config.yaml", MARKER_FILE, "status.json", "metrics.json", "timings.json", "summary.json",
+              "results.md", "hs_fa.png"}
 _OWN_DIRS = {"alignment", "finetune", "post", "eval", "generations", "exports", "analysis"}
 _OWN_PATTERNS = (re.compile(r"rejudge_[A-Za-z0-9_.+-]+(\.json)?"), re.compile(r"seed_-?\d+"))
 

@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import asdict
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import ProgressCallback, TrainerCallback, TrainingArguments
 
 from .distributed import is_main, launched_processes
 from .errors import ConfigError, DataError, NonFiniteError
@@ -159,15 +159,52 @@ class Overhead(TrainerCallback):
 
     def summary(self) -> dict:
         t = self.times[self.warmup :] or self.times
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _rss_peak_bytes()
         return {
             "train_seconds": round(self.train_seconds, 2),
             "steps": len(self.times),
             "step_seconds": round(sum(t) / len(t), 4) if t else None,
-            "peak_memory_gb": round(peak / 2**30, 3),
-            "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss",
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+            **peak_memory(),
         }
+
+
+def reset_peak_memory() -> None:
+    """Start a stage's peak-memory measurement (``peak_memory``) from what is alive now: freed
+    memory is returned first, then the CUDA peak or the process's RSS high-water mark is reset."""
+    _reset_peak()
+
+
+def peak_memory() -> dict:
+    """Peak memory since ``reset_peak_memory`` as a stage record's fields: ``peak_memory_gb``,
+    ``memory_kind`` (``cuda_max_allocated`` on a GPU, ``process_peak_rss`` on a CPU) and ``device``.
+    The training stages (``Overhead``) and the one-shot post-fine-tuning defenses record the same."""
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _rss_peak_bytes()
+    return {
+        "peak_memory_gb": round(peak / 2**30, 3),
+        "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+    }
+
+
+class NamedProgress(ProgressCallback):
+    """The Trainer's own progress bar (``ProgressCallback``) labelled with its stage, e.g.
+    ``finetune/panacea`` (the stage's folder in the run directory)."""
+
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.desc)
+
+
+def name_progress(trainer, desc: str) -> None:
+    """Replace ``trainer``'s default progress bar by a ``NamedProgress(desc)`` (none is added when
+    the Trainer shows no bar, ``disable_tqdm``)."""
+    if any(type(cb) is ProgressCallback for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(NamedProgress(desc))
 
 
 class CyclingLoader:

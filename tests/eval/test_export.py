@@ -29,6 +29,19 @@ def test_alpaca_eval_format_and_no_silent_overwrite(tmp_path):
     assert export_run(run, force=True) == [path]
 
 
+def test_answer_sets_go_to_different_files(tmp_path):
+    run = _run(tmp_path)
+    (benign,) = export_run(run)
+    before = benign.read_bytes()
+    (harmful,) = export_run(run, answer_set="harmful")  # no --force needed: another set, another file
+    assert harmful != benign and harmful.parent.name == "harmful" and benign.parent.name == "benign"
+    assert json.loads(harmful.read_text())[0]["instruction"] == "h"
+    assert export_run(run, answer_set="harmful", force=True) == [harmful]  # --force replaces that set only
+    assert benign.read_bytes() == before
+    with pytest.raises(UserError, match="--set must be a set name"):
+        export_run(run, answer_set="../x")
+
+
 def test_bad_runs_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="not a finished panacea run"):
         export_run(tmp_path)
@@ -43,6 +56,6 @@ def test_cli_export(tmp_path, capsys):
 
     run = _run(tmp_path)
     assert main(["export", str(run)]) == 0
-    assert capsys.readouterr().out.strip().endswith("exports/alpaca_eval/sft.json")
+    assert capsys.readouterr().out.strip().endswith("exports/alpaca_eval/benign/sft.json")
     assert main(["export", str(run)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err

@@ -55,10 +55,35 @@ def test_rejudge_a_run(tmp_path):
     assert items[1]["response"] == ANSWERS[1][0]
 
 
+def test_a_second_rejudging_is_refused_without_force(tmp_path):
+    from panacea.report import format_rejudge
+
+    run = make_run(tmp_path / "run", variants=("sft",))
+    out = rejudge(run, "refusal")
+    # the table's legend names the judge that scored it, not the run's original judge
+    text = format_rejudge(out)
+    assert "the `refusal` judge calls harmful" in text and "`harm`" not in text.split("\n")[-2]
+    first = (run / "rejudge_refusal.json").read_bytes()
+    with pytest.raises(UserError, match=r"rejudge_refusal already holds a re-judging with refusal; pass --force"):
+        rejudge(run, "refusal")
+    assert (run / "rejudge_refusal.json").read_bytes() == first
+    (run / "rejudge_refusal" / "gone.jsonl").write_text("{}\n")  # a variant of the earlier re-judging
+    rejudge(run, "refusal", force=True)
+    assert not (run / "rejudge_refusal" / "gone.jsonl").exists() and (run / "rejudge_refusal" / "sft.jsonl").exists()
+    multi = tmp_path / "multi"
+    make_run(multi / "seed_1", variants=("sft",))
+    make_run(multi / "seed_2", variants=("sft",))
+    rejudge(multi / "seed_2", "refusal")  # one seed re-judged on its own earlier: the parent's is refused too
+    with pytest.raises(UserError, match="seed_2/rejudge_refusal already holds"):
+        rejudge(multi, "refusal")
+    assert not (multi / "rejudge_refusal.json").exists() and not (multi / "seed_1" / "rejudge_refusal.json").exists()
+
+
 def test_tag_keeps_several_versions(tmp_path):
     run = make_run(tmp_path / "run", variants=("sft",))
     rejudge(run, "refusal", tag="v2")
     assert (run / "rejudge_refusal_v2.json").exists() and (run / "rejudge_refusal_v2" / "sft.jsonl").exists()
+    rejudge(run, "refusal")  # another tag: kept side by side
     with pytest.raises(UserError, match="--tag"):
         rejudge(run, "refusal", tag="a/b")
 

@@ -14,13 +14,15 @@ new judge on (prompt, response) and writes, next to the run's untouched ``metric
 
 A multi-seed run directory (``seed_<s>/`` folders, see ``eval.seeds``) is re-judged seed by seed
 (each seed folder gets its own files) and the parent gets the mean ± 95 % interval over seeds.
-The same judge name re-judged again overwrites its files; ``--tag`` keeps several versions.
+A second re-judging with the same judge (and tag) is refused, naming the existing files, unless
+``force`` (``--force``) replaces them; ``--tag`` keeps several versions side by side.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -68,8 +70,8 @@ def _variants(run: Path) -> list[tuple[str, Path]]:
 
 
 def _metrics(run: Path) -> dict:
-    """metrics.json with the timings of timings.json (``pipeline.load_metrics``), {} if unreadable."""
-    from ..pipeline import load_metrics
+    """metrics.json with the timings of timings.json (``timings.load_metrics``), {} if unreadable."""
+    from ..timings import load_metrics
 
     return load_metrics(run)
 
@@ -148,11 +150,26 @@ def seed_dirs(run: Path) -> list[Path]:
     return sorted(found, key=lambda p: (0, _seed(p), "") if isinstance(_seed(p), int) else (1, 0, p.name))
 
 
-def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, tag: str | None = None) -> dict:
+def _earlier(dirs: list[Path], stem: str, judge_name: str, force: bool) -> list[Path]:
+    """The folders of an earlier re-judging ``stem`` in ``dirs``; refused (one line, naming it)
+    unless ``force``."""
+    found = []
+    for d in dirs:
+        old = [p for p in (d / f"{stem}.json", d / stem) if p.exists()]
+        if old and not force:
+            raise UserError(f"{old[-1]} already holds a re-judging with {judge_name}; pass --force to replace it "
+                            f"or --tag NAME to keep both")
+        found += [d / stem] if (d / stem).is_dir() else []
+    return found
+
+
+def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, tag: str | None = None,
+            force: bool = False) -> dict:
     """Re-judge ``run_dir`` (a run or a multi-seed run) with the judge ``judge_name``.
 
     Returns the written ``rejudge_<name>.json`` content; for a multi-seed run it has ``seeds``,
     the per-seed ``runs`` and ``results`` = mean ± 95 % interval per variant (``eval.seeds``).
+    An earlier re-judging with the same judge and tag is refused unless ``force``.
     """
     from ..pipeline import write_json
     from ..registry import JUDGES
@@ -166,7 +183,11 @@ def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, t
     seeds = seed_dirs(run)
     for d in seeds or [run]:
         _variants(d)  # fail on a bad directory before loading a judge model
-    judge = JUDGES.get(judge_name, "--judge").obj(options)
+    entry = JUDGES.get(judge_name, "--judge")
+    earlier = _earlier(([run] if seeds else []) + (seeds or [run]), stem, judge_name, force)
+    judge = entry.obj(options)
+    for d in earlier:  # --force: no answer file of the earlier re-judging stays behind
+        shutil.rmtree(d)
     if not seeds:
         return rejudge_run(run, judge, judge_name, options, tag)
     per_seed = {_seed(d): rejudge_run(d, judge, judge_name, options, tag) for d in seeds}

@@ -11,6 +11,8 @@ parent directory gets::
     status.json     running / failed / done
     seed_<s>/       one complete single run each (its own config.yaml, metrics.json, generations/)
     summary.json    per variant and per numeric metric: mean, 95 % half-width, interval, values
+    results.md      the summary as a table (mean ± interval) with what each column means
+    hs_fa.png       HS vs FA per variant, the bars the interval over seeds
 
 The interval is Student-t over the seeds (``stats.mean_ci``): ``mean ± t_{0.975,n−1}·s/√n``.
 With one seed there is no spread to estimate and the half-width is ``null``. A single run's HS
@@ -92,6 +94,7 @@ def run_seeds(cfg, force: bool = False) -> tuple[dict, dict[int, dict]]:
     """
     from ..config import to_dict
     from ..pipeline import Context, Plan, run_dir_of, run_experiment, say
+    from ..provenance import provenance
     from ..pipeline import open_run_dir_on_main  # several processes: only the main one writes
 
     t0 = time.perf_counter()
@@ -122,7 +125,20 @@ def run_seeds(cfg, force: bool = False) -> tuple[dict, dict[int, dict]]:
             "runs": {str(s): f"seed_{s}" for s in seeds},
             "interval": "95% Student-t over seeds: mean ± t(0.975, n-1)·sd/sqrt(n)",
             "results": summarize({s: m["results"] for s, m in per_seed.items()}),
+            "provenance": provenance(),
             "wall_seconds": round(time.perf_counter() - t0, 1),
         }
+        write_summary_results(rd.path, summary, to_dict(cfg))
         rd.finish("summary.json", summary, seeds=seeds, wall_seconds=summary["wall_seconds"])
     return summary, per_seed
+
+
+def write_summary_results(parent, summary: dict, cfg: dict):
+    """``results.md`` and ``hs_fa.png`` of a multi-seed run from its summary: every column as mean
+    ± 95 % interval over the seeds, the plot's bars that interval (report.write_results)."""
+    from ..report import files_section, summary_rows, write_results
+
+    judge = (cfg.get("eval") or {}).get("judge")
+    return write_results(parent, summary["name"], summary_rows(summary), judge, cfg=cfg, seeds=summary["seeds"],
+                         wall=summary.get("wall_seconds"), prov=summary.get("provenance"),
+                         extra=files_section(summary["seeds"]))
