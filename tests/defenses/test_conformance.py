@@ -1,14 +1,15 @@
 """One conformance check over every registered defense (docs/contributing.md#habits, habit 9).
 
 Each defense is built from its default options (plus the few a defense cannot do without, below)
-on the tiny model and run once: one training step, or one ``apply`` for a post defense. Its adapter
-is saved and reloaded bit for bit, a trainer with resume state (``Resumable``) gets it back through
-the checkpoint files, ``none`` leaves every weight untouched, and every ``DefenseSpec`` is checked
+on the tiny model and run once: one training step (twice from the same weights and seed, with the
+same result bit for bit), or one ``apply`` for a post defense. Its adapter is saved and reloaded
+bit for bit, a trainer with resume state (``Resumable``) gets it back through the checkpoint files, ``none`` leaves every weight untouched, and every ``DefenseSpec`` is checked
 against its options class. A new registration is picked up without editing this file.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -149,11 +150,15 @@ def test_training_defense_one_step_save_reload_resume(stage, name, tiny_lora_mod
     if entry.obj.make_trainer is None:  # alignment ``none``: skips the stage, the model is untouched
         assert entry.spec.role == "control"
         return
+    twin = copy.deepcopy(tiny_lora_model)
     trainer = build_trainer(tiny_lora_model, tiny_tokenizer, stage, name, tmp_path / "out")
     trainer.train()
     assert trainer.state.global_step == 1
     after = weights(trainer.model)
     assert not same(before, after), f"{name}: one step changed no weight"
+    again = build_trainer(twin, tiny_tokenizer, stage, name, tmp_path / "again")
+    again.train()
+    assert same(weights(again.model), after), f"{name}: the same seed gave other weights"
     if isinstance(trainer, RecordsStage):
         json.dumps(trainer.stage_record())  # goes into record.json as it is
     save_adapter(trainer.model, tmp_path / "adapter", trainer)
