@@ -52,7 +52,7 @@ from pathlib import Path
 from .config import ExperimentConfig, apply_overrides, from_dict, read_yaml
 from .errors import ConfigError, UserError
 from .paths import expand_path
-from .registry import DEFENSES, load_builtins
+from .registry import DEFENSES, STAGES, load_builtins
 from .rundir import read_marker
 
 #: keys of a YAML's ``bench:`` section
@@ -60,9 +60,37 @@ BENCH_KEYS = {"defense_options", "exclude", "quick", "generation_prompts", "abla
               "scaling", "quick_scaling", "profile", "overhead"}
 
 #: performance targets of the issue: Panacea and Booster ≤ 3.3× SFT step time (three passes: 3× is
-#: the algorithm's floor), ≤ 1.2× SFT peak memory; batched generation ≥ 5× one-at-a-time.
+#: the algorithm's floor), ≤ 1.2× SFT peak memory; batched generation ≥ 5× one-at-a-time. The
+#: methods judged are those whose ``DefenseSpec`` sets ``overhead_target``.
 TARGETS = {"step_time_ratio": 3.3, "peak_memory_ratio": 1.2, "generation_speedup": 5.0}
-TARGET_METHODS = ("panacea", "booster")
+
+
+# --------------------------------------------------------------------------- what the registry says
+
+
+def _spec(name: str, stage: str | None = None):
+    """The ``DefenseSpec`` of ``name`` in ``stage`` (else in the first stage that has it), or None."""
+    for st in (stage,) if stage else STAGES:
+        if name in DEFENSES[st]:
+            return DEFENSES[st].get(name).spec
+    return None
+
+
+def _attack() -> str:
+    """The fine-tuning baseline (``role="baseline"``): the attack every variant is fine-tuned with,
+    and the run whose name the overhead ratios and the post defenses' sources are relative to."""
+    return DEFENSES["finetune"].baseline()
+
+
+def _passes(name: str, stage: str | None = None) -> float:
+    """Forward+backward passes per step relative to SFT (``DefenseSpec.passes_per_step``)."""
+    spec = _spec(name, stage)
+    return spec.passes_per_step if spec is not None else 2
+
+
+def _targeted(row: dict) -> bool:
+    spec = _spec(row["method"], row.get("stage"))
+    return spec is not None and spec.overhead_target
 
 
 # --------------------------------------------------------------------------- building the comparison
@@ -98,28 +126,29 @@ def build(raw: dict, quick: bool = False, overrides: list[str] = ()) -> tuple[Ex
     base = from_dict(ExperimentConfig, raw)  # validates the base before generating anything
 
     align = raw.setdefault("alignment", {})
-    align["defense"] = "sft"
+    align["defense"] = DEFENSES["alignment"].baseline()
     align["variants"] = {}
-    runs: dict = {"sft": {"defense": "sft"}}
+    attack = _attack()
+    runs: dict = {attack: {"defense": attack}}
     posts: dict = {}
-    methods = [{"method": "sft", "stage": "finetune", "variant": "sft", "defense": "sft"}]
-    for e in DEFENSES["alignment"].entries():
-        if e.name in ("sft", "none") or e.name in exclude:
+    methods = [{"method": attack, "stage": "finetune", "variant": attack, "defense": attack}]
+    for e in DEFENSES["alignment"].entries():  # baselines and controls are not compared
+        if e.spec.role != "defense" or e.name in exclude:
             continue
         align["variants"][e.name] = {"defense": e.name, **_options(bench, e.name)}
-        runs[f"{e.name}+sft"] = {"defense": "sft", "alignment": e.name}
-        methods.append({"method": e.name, "stage": "alignment", "variant": f"{e.name}+sft", "defense": e.name})
+        runs[f"{e.name}+{attack}"] = {"defense": attack, "alignment": e.name}
+        methods.append({"method": e.name, "stage": "alignment", "variant": f"{e.name}+{attack}", "defense": e.name})
     for e in DEFENSES["finetune"].entries():
-        if e.name == "sft" or e.name in exclude:
+        if e.spec.role != "defense" or e.name in exclude:
             continue
         runs[e.name] = {"defense": e.name, **_options(bench, e.name)}
         methods.append({"method": e.name, "stage": "finetune", "variant": e.name, "defense": e.name})
     for e in DEFENSES["post"].entries():
-        if e.name == "none" or e.name in exclude:
+        if e.spec.role != "defense" or e.name in exclude:
             continue
-        src = "sft_merged" if e.meta.get("needs_merge_new") or e.name == "safelora" else "sft"
-        if src == "sft_merged":
-            runs.setdefault("sft_merged", {"defense": "sft", "adapter_mode": "merge_new"})
+        src = f"{attack}_merged" if e.spec.needs_merge_new else attack
+        if e.spec.needs_merge_new:
+            runs.setdefault(src, {"defense": attack, "adapter_mode": "merge_new"})
         posts[f"{src}+{e.name}"] = {"from": src, "defense": e.name, **_options(bench, e.name)}
         methods.append({"method": e.name, "stage": "post", "variant": f"{src}+{e.name}", "defense": e.name,
                         "source": src})
@@ -159,6 +188,7 @@ def _ablations(bench: dict, methods: list[dict], variants: dict, runs: dict, pos
     if not isinstance(spec, dict):
         raise ConfigError("bench.ablations must be a mapping {defense: {option: [values]}}")
     by_method = {m["method"]: m for m in methods}
+    attack = _attack()
     out = []
     for name, options in spec.items():
         if name not in by_method:
@@ -180,18 +210,14 @@ def _ablations(bench: dict, methods: list[dict], variants: dict, runs: dict, pos
                     posts[variant] = {"from": m["source"], "defense": name, **opts}
                 else:
                     variants[variant] = {"defense": name, **opts}
-                    runs[f"{variant}+sft"] = {"defense": "sft", "alignment": variant}
-                    variant = f"{variant}+sft"
+                    runs[f"{variant}+{attack}"] = {"defense": attack, "alignment": variant}
+                    variant = f"{variant}+{attack}"
                 out.append({"method": name, "stage": m["stage"], "option": key, "value": v, "variant": variant,
-                            "record": variant if m["stage"] != "alignment" else variant[: -len("+sft")]})
+                            "record": variant if m["stage"] != "alignment" else variant[: -len(f"+{attack}")]})
     return out
 
 
 # --------------------------------------------------------------------------- time estimate
-
-
-#: forward+backward passes per training step, relative to SFT (docs/algorithms.md#passes-per-step)
-PASSES = {"sft": 1, "booster": 3, "panacea": 3, "panacea_avg": 3, "vaccine": 2, "repnoise": 2, "lisa": 1, "safety_mix": 1.2}
 
 
 #: seconds to build a model (load + adapters) before each stage and each evaluation, on 2 CPU cores
@@ -213,20 +239,22 @@ def estimate_seconds(cfg: ExperimentConfig, plan, step_seconds: float, eval_seco
     ft_steps = math.ceil(cfg.finetune.data.n / ft.per_device_train_batch_size) * ft.num_train_epochs
     total = 0.0
     for entry, *_ in plan.aligns.values():
-        total += align_steps * step_seconds * PASSES.get(entry.name, 2) + LOAD_SECONDS
+        total += align_steps * step_seconds * entry.spec.passes_per_step + LOAD_SECONDS
     for entry, opts, *_ in plan.runs.values():
-        passes = PASSES.get(entry.name, 2)
-        k = getattr(opts, "perturb_every", 1)  # Panacea: the full 3 passes on every k-th step only
+        passes = entry.spec.passes_per_step
+        interval = entry.spec.step_interval_option  # Panacea: the full 3 passes on every k-th step only
+        k = getattr(opts, interval) if interval else 1
         total += ft_steps * step_seconds * (passes + k - 1) / k + LOAD_SECONDS
     for entry, opts in plan.posts.values():
-        data = getattr(opts, "harmful_data", None)  # gradient-based post defenses: one pass over it
+        keys = entry.spec.defender_data_keys  # gradient-based post defenses: one pass over their data
+        data = getattr(opts, keys[0]) if keys else None
         total += LOAD_SECONDS + (math.ceil((data.n or 100) / ft.per_device_train_batch_size) * step_seconds if data else 0)
     total += len(plan.variants) * (eval_seconds + LOAD_SECONDS)
     total += 2 * (1.5 * eval_seconds * n_gen / 16 + LOAD_SECONDS)
     if scaling:
         for m in scaling["methods"]:
             for L in scaling["seq_lengths"]:
-                per = step_seconds * PASSES.get(m, 2) * L / cfg.model.max_length
+                per = step_seconds * _passes(m) * L / cfg.model.max_length
                 total += len(scaling["ranks"]) * ((scaling["steps"] + scaling["warmup"]) * per + LOAD_SECONDS)
     return total
 
@@ -310,7 +338,7 @@ def collect(metrics: dict, methods: list[dict]) -> list[dict]:
     """One row per method from the run's metrics.json: quality and overhead vs SFT of its stage."""
     res = {r["name"]: r for r in metrics["results"]}
     rec = metrics["records"]
-    base = {"alignment": rec.get("aligned", {}), "finetune": rec.get("sft", {})}
+    base = {"alignment": rec.get("aligned", {}), "finetune": rec.get(_attack(), {})}
     rows = []
     for m in methods:
         r = res.get(m["variant"], {})
@@ -381,7 +409,7 @@ def collect_ablations(metrics: dict, ablations: list[dict], rows: list[dict], be
                "harmful_score_ci": r.get("harmful_score_ci"), "finetune_accuracy": r.get("finetune_accuracy"),
                "over_refusal": r.get("over_refusal"), "step_seconds": stage_rec.get("step_seconds"),
                **_record_fields(a["stage"], stage_rec)}
-        ref = rec.get("aligned" if a["stage"] == "alignment" else "sft", {})
+        ref = rec.get("aligned" if a["stage"] == "alignment" else _attack(), {})
         if stage_rec.get("step_seconds") and ref.get("step_seconds") and a["stage"] != "post":
             row["step_time_ratio"] = round(stage_rec["step_seconds"] / ref["step_seconds"], 3)
         if stage_rec.get("peak_memory_gb") and ref.get("peak_memory_gb") and a["stage"] != "post":
@@ -397,9 +425,15 @@ def _num(v):
         return None
 
 
+def _symbol(option: str) -> str:
+    return {"rho": "ρ"}.get(option, option)
+
+
 def ablation_findings(abl: list[dict], rows: list[dict], rhos: dict | None = None,
                       over_refusal_limit: float = 20.0) -> list[str]:
-    """Sentences the report states from the ablation rows (each with its numbers)."""
+    """Sentences the report states from the ablation rows (each with its numbers). Which option is
+    a step interval, which a strength, and which one-shot counterpart a method is compared with
+    come from its ``DefenseSpec``; ``rhos`` maps a method to its main row's strength value."""
     rhos = rhos or {}
     out = []
     groups: dict = {}
@@ -408,56 +442,68 @@ def ablation_findings(abl: list[dict], rows: list[dict], rhos: dict | None = Non
     main = {r["method"]: r for r in rows}
     for (method, option), g in groups.items():
         base = next((a for a in g if a["base"]), None)
-        if option == "perturb_every" and base and base.get("train_seconds"):
+        spec = _spec(method, g[0].get("stage"))
+        interval = spec is not None and option == spec.step_interval_option
+        strength = spec is not None and option == spec.strength_option
+        sym = _symbol(option)
+        if interval and base and base.get("train_seconds"):
             for a in g:
                 if a["base"] or not a.get("train_seconds"):
                     continue
                 saving = 1 - a["train_seconds"] / base["train_seconds"]
                 dhs = None if a["harmful_score"] is None or base["harmful_score"] is None else a["harmful_score"] - base["harmful_score"]
                 dfa = None if a["finetune_accuracy"] is None or base["finetune_accuracy"] is None else a["finetune_accuracy"] - base["finetune_accuracy"]
-                out.append(f"{method} perturb_every {a['value']} (vs {base['value']}): fine-tuning time "
+                out.append(f"{method} {option} {a['value']} (vs {base['value']}): fine-tuning time "
                            f"{a['train_seconds']:.0f} s vs {base['train_seconds']:.0f} s ({100 * saving:.0f} % saved), "
                            f"step {_fmt(a.get('step_time_ratio'), 2)}× SFT vs {_fmt(base.get('step_time_ratio'), 2)}×; "
                            f"HS {_fmt(dhs, 1, signed=True)}, FA {_fmt(dfa, 1, signed=True)} points.")
-        if option == "rho":
+        if strength:
             pts = sorted((a for a in g if _num(a["value"]) is not None and a.get("over_refusal") is not None),
                          key=lambda a: _num(a["value"]))
             if pts:
                 over = next((a for a in pts if a["over_refusal"] > over_refusal_limit), None)
-                out.append(f"{method} ρ sweep: over-refusal passes {over_refusal_limit:.0f} % at ρ = {over['value']} "
+                out.append(f"{method} {sym} sweep: over-refusal passes {over_refusal_limit:.0f} % at {sym} = {over['value']} "
                            f"(OR {over['over_refusal']:.1f} %, HS {_fmt(over['harmful_score'])}, FA "
                            f"{_fmt(over['finetune_accuracy'])})." if over else
-                           f"{method} ρ sweep: over-refusal stays ≤ {over_refusal_limit:.0f} % up to ρ = {pts[-1]['value']} "
-                           f"(OR {pts[-1]['over_refusal']:.1f} %); extend bench.ablations.{method}.rho to find where it passes.")
+                           f"{method} {sym} sweep: over-refusal stays ≤ {over_refusal_limit:.0f} % up to {sym} = {pts[-1]['value']} "
+                           f"(OR {pts[-1]['over_refusal']:.1f} %); extend bench.ablations.{method}.{option} to find where it passes.")
                 # a large ρ can break the model (degenerate answers: neither refusals nor task answers)
                 # before it over-refuses: say where task accuracy falls below half the base's
                 fa0 = base.get("finetune_accuracy") if base else None
                 broken = next((a for a in pts if fa0 and a.get("finetune_accuracy") is not None
                                and a["finetune_accuracy"] < fa0 / 2), None)
                 if broken and (not over or _num(broken["value"]) <= _num(over["value"])):
-                    out.append(f"{method} ρ sweep: task accuracy falls below half the base's at ρ = {broken['value']} "
-                               f"(FA {_fmt(broken['finetune_accuracy'])} vs {_fmt(fa0)} at ρ = {base['value']}; HS "
+                    out.append(f"{method} {sym} sweep: task accuracy falls below half the base's at {sym} = {broken['value']} "
+                               f"(FA {_fmt(broken['finetune_accuracy'])} vs {_fmt(fa0)} at {sym} = {base['value']}; HS "
                                f"{_fmt(broken['harmful_score'])}, OR {broken['over_refusal']:.1f} %)"
                                f"{' before over-refusal passes ' + format(over_refusal_limit, '.0f') + ' %' if not over or broken is not over else ''}.")
-        elif option != "perturb_every" and base and len(g) > 1:  # any other option: its points vs the base
+        elif not interval and base and len(g) > 1:  # any other option: its points vs the base
             out.append(f"{method} {option}: " + "; ".join(
                 f"{a['value']}{' (base)' if a['base'] else ''} → HS {_fmt(a['harmful_score'])}, FA "
                 f"{_fmt(a['finetune_accuracy'])}" for a in g) + ".")
-    # Panacea vs one-shot ascent at the same ρ: the main rows (when their ρ agree) and every ρ both swept
-    by_rho: dict = {}
-    for m in ("panacea", "ascent"):
-        if m in main and rhos.get(m) is not None:
-            by_rho.setdefault(_num(rhos[m]), {})[m] = main[m]
-    for a in abl:
-        if a["method"] in ("panacea", "ascent") and a["option"] == "rho" and not a["base"]:
-            by_rho.setdefault(_num(a["value"]), {})[a["method"]] = a
-    pairs = [(r, d) for r, d in sorted(by_rho.items()) if len(d) == 2]
-    if pairs:
-        out.append("Panacea vs one-shot ascent (ε from the fine-tuned model's harmful gradient, no training term) at "
-                   "the same ρ: " + "; ".join(
-                       f"ρ {r:g}: HS {_fmt(d['panacea'].get('harmful_score'))} vs {_fmt(d['ascent'].get('harmful_score'))}, "
-                       f"FA {_fmt(d['panacea'].get('finetune_accuracy'))} vs {_fmt(d['ascent'].get('finetune_accuracy'))}"
-                       for r, d in pairs) + ".")
+    # a method vs its one-shot counterpart (DefenseSpec.counterpart) at the same strength: the main
+    # rows (when their strengths agree) and every strength both swept
+    for m in dict.fromkeys([r["method"] for r in rows] + [a["method"] for a in abl]):
+        spec = _spec(m)
+        cp = spec.counterpart if spec is not None else None
+        if cp is None or spec.strength_option is None:
+            continue
+        pair = (m, cp.name)
+        strength = {x: (s.strength_option if (s := _spec(x)) is not None else None) for x in pair}
+        by_value: dict = {}
+        for x in pair:
+            if x in main and rhos.get(x) is not None:
+                by_value.setdefault(_num(rhos[x]), {})[x] = main[x]
+        for a in abl:
+            if a["method"] in pair and a["option"] == strength[a["method"]] and not a["base"]:
+                by_value.setdefault(_num(a["value"]), {})[a["method"]] = a
+        pairs = [(r, d) for r, d in sorted(by_value.items()) if len(d) == 2]
+        sym = _symbol(spec.strength_option)
+        if pairs:
+            out.append(f"{cp.sentence} at the same {sym}: " + "; ".join(
+                f"{sym} {r:g}: HS {_fmt(d[m].get('harmful_score'))} vs {_fmt(d[cp.name].get('harmful_score'))}, "
+                f"FA {_fmt(d[m].get('finetune_accuracy'))} vs {_fmt(d[cp.name].get('finetune_accuracy'))}"
+                for r, d in pairs) + ".")
     clamp = [a for a in abl if a.get("clamp_active_fraction") is not None]
     if clamp:
         seen = set()
@@ -485,9 +531,11 @@ def measure_overhead(cfg, ctx, bench: dict, methods: list[dict], rows: list[dict
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ConfigError(f"bench.overhead.warmup must be an integer ≥ 0, got {warmup!r}")
     by_method = {m["method"]: m for m in methods}
-    train = ["sft"] + [m["method"] for m in methods if m["stage"] in ("alignment", "finetune") and m["method"] != "sft"]
+    attack = _attack()
+    train = [attack] + [m["method"] for m in methods if m["stage"] in ("alignment", "finetune") and m["method"] != attack]
     bs = per_device_batch_size(cfg.finetune.train, 1)
-    expected = {m: expected_ratio(PASSES.get(m, 2), bs, _base_value(bench, by_method[m], "harmful_batch_size"))
+    expected = {m: expected_ratio(_passes(m, by_method[m]["stage"]), bs,
+                                  _base_value(bench, by_method[m], "harmful_batch_size"))
                 for m in train}
     result = interleaved_overhead(cfg, ctx, scaling_methods({"methods": train}, bench, by_method), expected,
                                   rounds=rounds, warmup=warmup, batch_size=bs)
@@ -505,7 +553,7 @@ def check_targets(rows: list[dict], gen: dict | None) -> list[dict]:
     """Each target met or missed; a step-time ratio flagged as implausible is not judged (``met`` None)."""
     out = []
     for r in rows:
-        if r["method"] in TARGET_METHODS:
+        if _targeted(r):
             for key in ("step_time_ratio", "peak_memory_ratio"):
                 v = r.get(key)
                 flag = r.get("ratio_flag") if key == "step_time_ratio" else None
@@ -805,7 +853,8 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
         say(f"[bench] overhead: every training method's step, interleaved, {ov.get('rounds', 5)} rounds")
         overhead = measure_overhead(cfg, ctx, bench, methods, rows, **ov)
     abl = collect_ablations(metrics, bench["_ablations"], rows, bench)
-    rhos = {m: _base_value(bench, by_method[m], "rho") for m in ("panacea", "ascent") if m in by_method}
+    strengths = {m: _spec(m, by_method[m]["stage"]).strength_option for m in by_method}
+    rhos = {m: _base_value(bench, by_method[m], key) for m, key in strengths.items() if key}
     findings = ablation_findings(abl, rows, rhos)
 
     say("[bench] generation speed: batched vs one prompt at a time")
@@ -813,8 +862,9 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     # variants are fine-tuned models, whose answers to harmful prompts run long. Also on the
     # aligned model, whose short refusals leave the prefill dominant (README, `panacea bench`)
     run = Path(cfg.output_dir)
-    chains = {"sft": ([run / "alignment" / "adapter"] if plan.adapter_mode["sft"] == "merge_new" else [])
-                     + [run / "finetune" / "sft" / "adapter"],
+    attack = _attack()
+    chains = {attack: ([run / "alignment" / "adapter"] if plan.adapter_mode[attack] == "merge_new" else [])
+                      + [run / "finetune" / attack / "adapter"],
               "aligned": [run / "alignment" / "adapter"]}
     prompts = [ctx.format(ex) for ex in ctx.examples(cfg.eval.harmful, "eval.harmful")[:n_gen]]
     measured = {}
@@ -823,7 +873,7 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
         measured[name] = {"model": name, **generation_speedup(model, tok, prompts, cfg.eval.max_new_tokens,
                                                                cfg.eval.batch_size)}
         del model
-    gen = {**measured["sft"], "other_models": [measured["aligned"]]}
+    gen = {**measured[attack], "other_models": [measured["aligned"]]}
 
     scaling = None
     if spec:
@@ -839,21 +889,22 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     targets = check_targets(rows, gen)
     profiles = []
     mode = bench.get("profile", "auto")
-    missed = [r for r in rows if r["method"] in TARGET_METHODS and any(
+    missed = [r for r in rows if _targeted(r) and any(
         t["what"].startswith(r["method"] + " ") and t["met"] is False and t["value"] is not None for t in targets)]
-    to_profile = [r for r in rows if r["method"] in TARGET_METHODS] if mode == "always" else missed if mode == "auto" else []
+    to_profile = [r for r in rows if _targeted(r)] if mode == "always" else missed if mode == "auto" else []
     for r in to_profile:
         from .scaling import profile_step
 
         say(f"[bench] profiling {r['method']} ({'target missed' if r in missed else 'profile: always'})")
-        for stage, name in ((r["stage"], r["method"]), ("finetune" if r["stage"] != "alignment" else "alignment", "sft")):
-            prof = profile_step(cfg, ctx, stage, name, _options(bench, name) if name != "sft" else {})
+        ref_stage = "finetune" if r["stage"] != "alignment" else "alignment"
+        for stage, name, ref in ((r["stage"], r["method"], False), (ref_stage, DEFENSES[ref_stage].baseline(), True)):
+            prof = profile_step(cfg, ctx, stage, name, _options(bench, name) if not ref else {})
             prof["reason"] = ("target missed" if r in missed else "profile: always") + (
-                "" if name != "sft" else f"; the SFT step it is compared with")
+                "" if not ref else f"; the SFT step it is compared with")
             profiles.append(prof)
 
     coeffs = []
-    if any(m["method"] == "panacea" for m in methods):
+    if any(_spec(m["method"], m["stage"]).safety_coefficients for m in methods):
         for sc in analyze_run(cfg.output_dir):
             dest = out_dir / f"safety_coefficients_{sc['stage']}.png"
             if sc["plot"]:
@@ -897,7 +948,8 @@ def _stage_of(name: str, by_method: dict) -> str | None:
 def scaling_methods(spec: dict, bench: dict, by_method: dict) -> dict:
     """``panacea.scaling.scaling_sweep``'s methods: name → (stage, defense, bench options); SFT on
     the fine-tuning stage with no options."""
-    return {m: (_stage_of(m, by_method), m, _options(bench, m)) if m != "sft" else ("finetune", "sft", {})
+    attack = _attack()
+    return {m: (_stage_of(m, by_method), m, _options(bench, m)) if m != attack else ("finetune", attack, {})
             for m in spec["methods"]}
 
 
@@ -911,10 +963,12 @@ def _scaling_spec(spec, by_method: dict) -> dict | None:
     unknown = set(spec) - {"methods", "seq_lengths", "ranks", "steps", "warmup"}
     if unknown:
         raise ConfigError(f"bench.scaling.{sorted(unknown)[0]}: unknown key (known: methods, seq_lengths, ranks, steps, warmup)")
-    out = {"methods": spec.get("methods", ["sft", "booster", "panacea"]), "seq_lengths": spec.get("seq_lengths", [64, 128]),
+    attack = _attack()  # default methods: SFT and every method with an overhead target
+    targeted = [e.name for st in ("alignment", "finetune") for e in DEFENSES[st].entries() if e.spec.overhead_target]
+    out = {"methods": spec.get("methods", [attack] + targeted), "seq_lengths": spec.get("seq_lengths", [64, 128]),
            "ranks": spec.get("ranks", [8, 32]), "steps": spec.get("steps", 2), "warmup": spec.get("warmup", 1)}
     for m in out["methods"]:
-        if m != "sft" and _stage_of(m, by_method) is None:
+        if m != attack and _stage_of(m, by_method) is None:
             raise ConfigError(f"bench.scaling.methods: {m!r} is not a registered training-stage defense")
     for key in ("seq_lengths", "ranks"):
         v = out[key]

@@ -13,8 +13,9 @@ steps: the adapter (safetensors), optimizer, scheduler and RNG states and ``trai
 A checkpoint without ``panacea_checkpoint.json``, or whose files no longer match it, is incomplete
 and never resumed from; an older checkpoint is deleted only once a newer one is complete.
 
-A trainer takes part by defining ``extra_state() -> dict`` (nested dicts and lists of tensors,
-numbers, strings and None) and ``load_extra_state(state)``; it is called before ``train()``.
+A trainer takes part by implementing ``defenses.base.Resumable``: ``extra_state() -> dict``
+(nested dicts and lists of tensors, numbers, strings and None) and ``load_extra_state(state)``;
+the latter is called before ``train()``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from .defenses.base import Resumable
 from .rundir import sha256_file, write_json
 from .training import check_finite
 
@@ -137,8 +139,8 @@ class CheckpointState(TrainerCallback):
         return f"_{args.process_index}" if args.world_size > 1 else ""
 
     def state(self) -> dict:
-        extra = getattr(self.trainer, "extra_state", None)
-        return {"trainer": extra() if extra is not None else None, "overhead": self.overhead.state_dict()}
+        extra = self.trainer.extra_state() if isinstance(self.trainer, Resumable) else None
+        return {"trainer": extra, "overhead": self.overhead.state_dict()}
 
     def on_save(self, args, state, control, **kw):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

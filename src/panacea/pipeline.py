@@ -53,6 +53,7 @@ from . import attacks, models
 from .config import ExperimentConfig, TrainSettings, from_dict, parse_options, to_dict
 from .data.base import DataSpec, Example
 from .data.mixing import check_disjoint, select
+from .defenses.base import ChecksSource, RecordsStage
 from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, DataError, NonFiniteError, UserError
 from .provenance import machine, provenance
@@ -240,13 +241,12 @@ class Plan:
             entry = DEFENSES["post"].get(pc.defense, f"post.{name}.defense")
             self.posts[name] = (entry, parse_options(entry.obj.Config, pc.options, f"post.{name}"))
         for name, (entry, opts) in self.posts.items():
-            check = getattr(entry.obj, "check_source", None)
-            if check is not None:  # e.g. SafeLoRA needs a merge_new run fine-tuned from an aligned model
+            if isinstance(entry.obj, ChecksSource):  # e.g. SafeLoRA needs a merge_new run fine-tuned from an aligned model
                 src = cfg.post[name].source
                 align = self.run_alignment[src]
                 planned = [] if self.aligns[align][0].name == "none" else [Path("alignment") / align]
                 try:
-                    check(opts, Source(src, [], align, planned, self.adapter_mode[src]))
+                    entry.obj.check_source(opts, Source(src, [], align, planned, self.adapter_mode[src]))
                 except ConfigError as e:
                     raise ConfigError(f"post.{name}: {e}") from None
         self.judge = JUDGES.get(cfg.eval.judge, "eval.judge")
@@ -255,16 +255,20 @@ class Plan:
         self.utility: dict | None = None  # what FA measures, set by check_data (utility_record)
 
     def defender_sets(self):
-        """(config key, DataSpec) of every defender harmful set the plan uses."""
+        """(config key, DataSpec) of every defender set the plan uses: the defender's harmful data
+        and refusal / safety data (``DefenseSpec.defender_data_keys`` and ``safety_data_keys``)."""
+        def keys(entry):
+            return entry.spec.defender_data_keys + entry.spec.safety_data_keys
+
         out = []
         for entry, opts, _, key in self.aligns.values():
-            for k in entry.meta.get("harmful_keys", ()):
+            for k in keys(entry):
                 out.append((f"{key}.{k}", getattr(opts, k)))
         for name, (entry, opts, _, _) in self.runs.items():
-            for k in entry.meta.get("harmful_keys", ()):
+            for k in keys(entry):
                 out.append((f"finetune.runs.{name}.{k}", getattr(opts, k)))
         for name, (entry, opts) in self.posts.items():
-            for k in entry.meta.get("harmful_keys", ()):
+            for k in keys(entry):
                 out.append((f"post.{name}.{k}", getattr(opts, k)))
         return out
 
@@ -445,7 +449,7 @@ def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, 
               **overhead.summary()}
     if ckpt is not None:
         record["resumed_from_step"] = int(ckpt.name.rsplit("-", 1)[1])
-    if hasattr(trainer, "stage_record"):
+    if isinstance(trainer, RecordsStage):
         record.update(trainer.stage_record())
     with atomic_path(out_dir / "adapter") as tmp:
         save_adapter(trainer.model, tmp, trainer)  # the main process writes (FSDP2: gathered first)

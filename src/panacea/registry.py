@@ -8,11 +8,13 @@ choices and the closest matches.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .defenses.base import DefenseSpec
 from .errors import ConfigError
 
 
@@ -22,6 +24,9 @@ class Entry:
     obj: Any
     help: str = ""
     meta: dict = field(default_factory=dict)
+    """Datasets, judges and matchers only (their keys are documented where they register)."""
+    spec: DefenseSpec | None = None
+    """Defenses only: what the defense declares (``defenses.base.DefenseSpec``)."""
 
 
 class Registry:
@@ -39,10 +44,13 @@ class Registry:
             if name in self._entries and self._entries[name].obj is not o:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = help or ((o.__doc__ or "").strip().splitlines() or [""])[0]
-            self._entries[name] = Entry(name, o, doc, dict(meta))
+            self._entries[name] = self._entry(name, o, doc, meta)
             return o
 
         return add(obj) if obj is not None else add
+
+    def _entry(self, name: str, obj: Any, doc: str, meta: dict) -> Entry:
+        return Entry(name, obj, doc, dict(meta))
 
     def get(self, name: str, key: str = "") -> Entry:
         load_builtins()
@@ -74,8 +82,40 @@ class Registry:
         return name in self._entries
 
 
+class DefenseRegistry(Registry):
+    """The defenses of one stage: each registers with ``spec=DefenseSpec(...)`` and nothing else
+    (docs/contributing.md#adding-a-defense); the spec is checked against the class here."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"{stage} defense")
+        self.stage = stage
+
+    def _entry(self, name: str, obj: Any, doc: str, meta: dict) -> Entry:
+        spec = meta.pop("spec", None)
+        if meta:
+            raise ValueError(f"{self.kind} {name!r}: declare {', '.join(sorted(meta))} in its DefenseSpec")
+        if not isinstance(spec, DefenseSpec):
+            raise ValueError(f"{self.kind} {name!r} must register with spec=DefenseSpec(...)")
+        if spec.stage != self.stage:
+            raise ValueError(f"{self.kind} {name!r}: its spec says stage {spec.stage!r}")
+        if getattr(obj, "Config", None) is not spec.config_cls:
+            raise ValueError(f"{self.kind} {name!r}: spec.config_cls is not {obj.__name__}.Config")
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        missing = [k for k in spec.option_keys() if k not in fields]
+        if missing:
+            raise ValueError(f"{self.kind} {name!r}: {spec.config_cls.__name__} has no option {missing[0]!r}")
+        return Entry(name, obj, doc, spec=spec)
+
+    def baseline(self) -> str:
+        """The name of the stage's ``role="baseline"`` defense (``sft``); KeyError when none."""
+        names = [e.name for e in self.entries() if e.spec.role == "baseline"]
+        if len(names) != 1:
+            raise KeyError(f"{self.kind}: {len(names)} baselines registered, expected one")
+        return names[0]
+
+
 STAGES = ("alignment", "finetune", "post")
-DEFENSES = {stage: Registry(f"{stage} defense") for stage in STAGES}
+DEFENSES = {stage: DefenseRegistry(stage) for stage in STAGES}
 ATTACKS = Registry("attack")
 DATASETS = Registry("dataset")
 JUDGES = Registry("judge")

@@ -234,7 +234,7 @@ def method(cfg: dict, variant: str) -> str:
     if opts:
         text += f" ({opts})"
     entry = DEFENSES[stage].get(name) if name in DEFENSES[stage] else None
-    if entry is not None and entry.meta.get("beyond_paper"):
+    if entry is not None and entry.spec.beyond_paper:
         text += " — *beyond the paper*"
     return text
 

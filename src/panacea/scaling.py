@@ -160,12 +160,21 @@ def _device() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"
 
 
+def reference(methods: dict[str, Method]) -> str | None:
+    """The label of the method the ratios are relative to: the first whose defense is its stage's
+    baseline (``DefenseSpec.role == "baseline"``, SFT), or None."""
+    for label, (stage, name, _) in methods.items():
+        if name in DEFENSES[stage] and DEFENSES[stage].get(name).spec.role == "baseline":
+            return label
+    return None
+
+
 def scaling_sweep(cfg: ExperimentConfig, ctx, methods: dict[str, Method], seq_lengths: list[int], ranks: list[int],
                   steps: int = 3, warmup: int = 1, progress: bool = True, batch_size: int | None = None) -> list[dict]:
     """One point per (method, L, r): mean step seconds, peak and working memory, ratios to ``sft``.
 
-    ``methods`` maps a label to (stage, defense, options); the label ``sft`` is the reference of
-    the ratios. Every method gets the same batch size (default: ``finetune.train``'s per-device
+    ``methods`` maps a label to (stage, defense, options); the baseline's label (``reference``:
+    ``sft``) is the reference of the ratios. Every method gets the same batch size (default: ``finetune.train``'s per-device
     batch), so the ratios compare the same work.
     """
     from tqdm import tqdm
@@ -192,7 +201,8 @@ def scaling_sweep(cfg: ExperimentConfig, ctx, methods: dict[str, Method], seq_le
                 point["clamp_active_steps"] = step.clamped() - clamps  # of the timed steps
             points.append(point)
             step.close()
-    ref = {(p["seq_length"], p["lora_rank"]): p for p in points if p["method"] == "sft"}
+    ref_label = reference(methods)
+    ref = {(p["seq_length"], p["lora_rank"]): p for p in points if p["method"] == ref_label}
     for p in points:
         s = ref.get((p["seq_length"], p["lora_rank"]))
         if s is not None:
@@ -245,8 +255,9 @@ def interleaved_overhead(cfg: ExperimentConfig, ctx, methods: dict[str, Method],
 
     from tqdm import tqdm
 
-    if "sft" not in methods:
-        raise ConfigError("overhead: the methods must include sft, the reference of the ratios")
+    ref_label = reference(methods)
+    if ref_label is None:
+        raise ConfigError(f"overhead: the methods must include {DEFENSES['finetune'].baseline()}, the reference of the ratios")
     bs = batch_size or per_device_batch_size(cfg.finetune.train, 1)
     L = cfg.model.max_length
     load_before = os.getloadavg()
@@ -265,7 +276,7 @@ def interleaved_overhead(cfg: ExperimentConfig, ctx, methods: dict[str, Method],
         for n in names:
             steps[n].close()
     load_after = os.getloadavg()
-    ref_w, ref_c = median(wall["sft"]), median(cpu["sft"])
+    ref_w, ref_c = median(wall[ref_label]), median(cpu[ref_label])
     out = {}
     for n in names:
         w, c = median(wall[n]), median(cpu[n])
@@ -273,7 +284,7 @@ def interleaved_overhead(cfg: ExperimentConfig, ctx, methods: dict[str, Method],
         out[n] = {"median_step_seconds": round(w, 4), "median_cpu_seconds": round(c, 4),
                   "step_time_ratio": round(ratio, 3), "cpu_time_ratio": None if cratio is None else round(cratio, 3),
                   "expected_ratio": round(expected.get(n, 1.0), 3),
-                  "flag": None if n == "sft" else plausible(ratio, cratio, expected.get(n, 1.0))}
+                  "flag": None if n == ref_label else plausible(ratio, cratio, expected.get(n, 1.0))}
     return {"rounds": rounds, "warmup": warmup, "seq_length": L, "batch_size": bs, "lora_rank": cfg.lora.r,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after], "cpus": os.cpu_count(),
@@ -311,7 +322,8 @@ def profile_step(cfg: ExperimentConfig, ctx, stage: str, defense_name: str, opti
 
     ``top_ops``: the operators with the most self time (CUDA time on a GPU, else CPU), each with
     its share of the self time of every event; ``by_pass``: inclusive time and share of the events
-    named ``panacea/<pass>`` or ``<defense_name>/<pass>`` (empty when the trainer has no labels).
+    named ``<label>/<pass>``, the label ``DefenseSpec.profile_label`` or else ``defense_name``
+    (empty when the trainer has no labels).
     Both user and harmful batches are exactly ``model.max_length`` tokens (``fixed_length``).
     """
     from torch.profiler import ProfilerActivity, profile
@@ -331,7 +343,8 @@ def profile_step(cfg: ExperimentConfig, ctx, stage: str, defense_name: str, opti
     self_t = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
     events = prof.key_averages()
     denom = sum(self_t(e) for e in events) or 1.0
-    labels = ("panacea/", f"{defense_name}/")  # record_function labels of the passes, e.g. booster/harmful_pass
+    spec = DEFENSES[stage].get(defense_name).spec  # record_function labels of the passes, e.g. booster/harmful_pass
+    labels = (f"{spec.profile_label or defense_name}/",)
     ops = sorted((e for e in events if not e.key.startswith(labels + ("ProfilerStep",))), key=self_t, reverse=True)
     passes = [e for e in events if e.key.startswith(labels)]
     incl = (lambda e: e.device_time_total or e.cpu_time_total) if cuda else (lambda e: e.cpu_time_total)

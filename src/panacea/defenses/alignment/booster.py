@@ -32,6 +32,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...training import (AuxiliaryMixin, check_finite, process_gradients, process_mean, require_gradient_access,
                          token_share)
 from ...weights import global_l2, perturbed
@@ -132,5 +133,6 @@ DEFENSES["alignment"].register(
     "booster",
     Booster,
     help="Booster (arXiv 2409.01586): penalise the harmful-loss drop of one simulated step (3F+3B)",
-    harmful_keys=("harmful_data",),
+    spec=DefenseSpec(stage="alignment", config_cls=BoosterConfig, passes_per_step=3,
+                     defender_data_keys=("harmful_data",), overhead_target=True),
 )

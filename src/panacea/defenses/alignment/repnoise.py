@@ -67,6 +67,7 @@ from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, resolve
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...training import AuxiliaryMixin, process_gradients, process_mean, require_gradient_access
 
 
@@ -233,5 +234,6 @@ DEFENSES["alignment"].register(
     "repnoise",
     RepNoise,
     help="RepNoise (arXiv 2405.14577): push harmful MLP activations to noise, raise harmful CE (2F+2B)",
-    harmful_keys=("harmful_data",),
+    spec=DefenseSpec(stage="alignment", config_cls=RepNoiseConfig, passes_per_step=2,
+                     defender_data_keys=("harmful_data",)),
 )

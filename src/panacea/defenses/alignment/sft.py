@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from transformers import Trainer
 
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 
 
 @dataclass
@@ -29,7 +30,12 @@ class SFT:
         return Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=ctx.collator)
 
 
-DEFENSES["alignment"].register("sft", SFT, help="plain refusal SFT, the no-defense alignment (1F+1B)")
+DEFENSES["alignment"].register(
+    "sft",
+    SFT,
+    help="plain refusal SFT, the no-defense alignment (1F+1B)",
+    spec=DefenseSpec(stage="alignment", config_cls=SFTConfig, passes_per_step=1, role="baseline"),
+)
 
 
 class NoAlignment:
@@ -39,4 +45,9 @@ class NoAlignment:
     make_trainer = None
 
 
-DEFENSES["alignment"].register("none", NoAlignment, help="skip alignment; fine-tune the base model")
+DEFENSES["alignment"].register(
+    "none",
+    NoAlignment,
+    help="skip alignment; fine-tune the base model",
+    spec=DefenseSpec(stage="alignment", config_cls=SFTConfig, role="control"),
+)

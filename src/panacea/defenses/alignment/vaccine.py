@@ -40,6 +40,7 @@ from transformers import Trainer
 from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, replace_first, resolve
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...training import AuxiliaryMixin, process_gradients, require_gradient_access
 from ...weights import global_l2
 
@@ -144,4 +145,5 @@ DEFENSES["alignment"].register(
     "vaccine",
     Vaccine,
     help="Vaccine (arXiv 2402.01109): align under a worst-case ρ-perturbation of attention outputs (2F+2B)",
+    spec=DefenseSpec(stage="alignment", config_cls=VaccineConfig, passes_per_step=2, strength_option="rho"),
 )

@@ -43,6 +43,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...training import AuxiliaryMixin, check_finite, require_gradient_access, token_share
 
 ALIGNMENT, USER = "alignment", "user"
@@ -201,5 +202,6 @@ DEFENSES["finetune"].register(
     "lisa",
     Lisa,
     help="Lisa (arXiv 2405.18641): alternate alignment / user phases with a proximal term (1F+1B)",
-    harmful_keys=("alignment_data",),
+    spec=DefenseSpec(stage="finetune", config_cls=LisaConfig, passes_per_step=1,
+                     safety_data_keys=("alignment_data",), strength_option="rho"),
 )

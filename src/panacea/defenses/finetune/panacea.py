@@ -43,6 +43,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ..base import Counterpart, DefenseSpec
 from ...rundir import atomic_path
 from ...distributed import is_main
 from ...training import (AuxiliaryMixin, check_finite, full_tensors, process_gradients, process_mean,
@@ -239,7 +240,13 @@ DEFENSES["finetune"].register(
     "panacea",
     Panacea,
     help="Panacea (arXiv 2501.18100): optimise ε during fine-tuning, add it at the end (3F+3B)",
-    harmful_keys=("harmful_data",),
+    spec=DefenseSpec(
+        stage="finetune", config_cls=PanaceaConfig, passes_per_step=3, defender_data_keys=("harmful_data",),
+        overhead_target=True, strength_option="rho", step_interval_option="perturb_every",
+        counterpart=Counterpart("ascent", "Panacea vs one-shot ascent (ε from the fine-tuned model's harmful "
+                                          "gradient, no training term)"),
+        safety_coefficients=True,
+    ),
 )
 
 
@@ -328,6 +335,7 @@ DEFENSES["finetune"].register(
     "panacea_avg",
     PanaceaAvg,
     help="beyond the paper: Panacea's training, output ε = mean of the first/last k or all steps' ε, rescaled to ρ",
-    harmful_keys=("harmful_data",),
-    beyond_paper=True,
+    spec=DefenseSpec(stage="finetune", config_cls=PanaceaAvgConfig, passes_per_step=3,
+                     defender_data_keys=("harmful_data",), beyond_paper=True, strength_option="rho",
+                     step_interval_option="perturb_every", profile_label="panacea"),
 )

@@ -33,6 +33,7 @@ from ...data.base import DataSpec
 from ...data.templates import Tokenized
 from ...errors import ConfigError, DataError
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...training import AuxiliaryMixin, token_share
 
 
@@ -144,5 +145,6 @@ DEFENSES["finetune"].register(
     SafetyMix,
     help="safety-data mixing (SafeInstr arXiv 2309.07875 / VLGuard): refusals in the user set (1F+1B) "
     "or + weight·their CE (2F+2B)",
-    harmful_keys=("safety_data",),
+    spec=DefenseSpec(stage="finetune", config_cls=SafetyMixConfig, passes_per_step=1.2,
+                     safety_data_keys=("safety_data",)),
 )

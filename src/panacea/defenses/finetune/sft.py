@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from transformers import Trainer
 
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 
 
 @dataclass
@@ -25,4 +26,9 @@ class SFT:
         return Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=ctx.collator)
 
 
-DEFENSES["finetune"].register("sft", SFT, help="plain fine-tuning on the user's data, no defense (1F+1B)")
+DEFENSES["finetune"].register(
+    "sft",
+    SFT,
+    help="plain fine-tuning on the user's data, no defense (1F+1B)",
+    spec=DefenseSpec(stage="finetune", config_cls=SFTConfig, passes_per_step=1, role="baseline"),
+)

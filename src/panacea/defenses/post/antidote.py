@@ -38,6 +38,7 @@ from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...hooks import forward_hooks
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 
 PEFT_PREFIX = "base_model.model."
 
@@ -182,5 +183,5 @@ DEFENSES["post"].register(
     "antidote",
     Antidote,
     help="Antidote (arXiv 2408.09600): zero the top-d Wanda-score LoRA weights per row on harmful data",
-    harmful_keys=("harmful_data",),
+    spec=DefenseSpec(stage="post", config_cls=AntidoteConfig, defender_data_keys=("harmful_data",)),
 )

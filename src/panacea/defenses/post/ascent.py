@@ -18,6 +18,7 @@ import torch
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...weights import global_l2
 
 
@@ -80,5 +81,6 @@ DEFENSES["post"].register(
     "ascent",
     Ascent,
     help="one-shot harmful ascent ε = ρ∇h/‖∇h‖ over the defender set (Panacea without training)",
-    harmful_keys=("harmful_data",),
+    spec=DefenseSpec(stage="post", config_cls=AscentConfig, defender_data_keys=("harmful_data",),
+                     strength_option="rho"),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 
 
 @dataclass
@@ -22,4 +23,6 @@ class NoDefense:
         return {}
 
 
-DEFENSES["post"].register("none", NoDefense, help="identity (control)")
+DEFENSES["post"].register(
+    "none", NoDefense, help="identity (control)", spec=DefenseSpec(stage="post", config_cls=NoneConfig, role="control")
+)

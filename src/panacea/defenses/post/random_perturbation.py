@@ -17,6 +17,7 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 from ...weights import global_l2
 
 
@@ -68,4 +69,5 @@ DEFENSES["post"].register(
     "random_perturbation",
     RandomPerturbation,
     help="Gaussian noise on the LoRA weights (per-entry std or global norm), seeded",
+    spec=DefenseSpec(stage="post", config_cls=RandomPerturbationConfig),
 )

@@ -43,6 +43,7 @@ import torch
 
 from ...errors import ConfigError, DataError
 from ...registry import DEFENSES
+from ..base import DefenseSpec
 
 PEFT_PREFIX = "base_model.model."
 
@@ -269,4 +270,5 @@ DEFENSES["post"].register(
     SafeLoRA,
     help="SafeLoRA (arXiv 2405.16833): B ← ĈB on the LoRA modules least similar to the alignment "
     "direction (needs adapter_mode merge_new)",
+    spec=DefenseSpec(stage="post", config_cls=SafeLoRAConfig, needs_merge_new=True),
 )
