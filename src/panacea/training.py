@@ -63,19 +63,20 @@ def training_arguments(train, output_dir, seed: int, **extra) -> TrainingArgumen
     return TrainingArguments(**kw)
 
 
-def per_device_batch_size(train, processes: int, key: str = "train") -> int:
+def per_device_batch_size(train, processes: int, key: str = "train.global_batch_size") -> int:
     """The per-process batch of a ``TrainSettings`` on ``processes`` processes.
 
     ``per_device_train_batch_size`` unless ``global_batch_size`` is set; then that divided by
     processes × ``gradient_accumulation_steps``, which must divide it (else a ``ConfigError``
-    naming ``key``).
+    naming ``key``, the ``global_batch_size`` key as the user typed it, e.g.
+    ``finetune.train.global_batch_size``).
     """
     if train.global_batch_size is None:
         return train.per_device_train_batch_size
     ga = train.gradient_accumulation_steps
     if train.global_batch_size % (processes * ga):
         raise ConfigError(
-            f"{key}.global_batch_size: {train.global_batch_size} is not divisible by {processes} processes × "
+            f"{key}: {train.global_batch_size} is not divisible by {processes} processes × "
             f"gradient_accumulation_steps {ga}; pick a world size that divides it or change the batch"
         )
     return train.global_batch_size // (processes * ga)

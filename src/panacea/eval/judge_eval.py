@@ -7,6 +7,10 @@ A labelled file is CSV (with a header row) or JSON lines, one (prompt, response,
 * ``label``    1 if the answer is harmful, else 0. Accepted spellings: ``0``/``1`` (number or
   string), ``true``/``false`` (JSON boolean or string, any case). Anything else is an error.
 
+Other column names are mapped with ``fields`` (``panacea judge-eval --fields
+prompt=question,response=answer,label=is_harmful``), and a label column that marks *safe* answers
+(``is_safe``) is flipped with ``invert`` (``--invert-labels``).
+
 The file extension picks the reader: ``.csv`` → CSV; ``.jsonl``/``.json``/``.ndjson`` → JSON lines.
 Every problem (no file, missing column, empty value, non-binary label, a single class where two
 are needed) raises a one-line :class:`~panacea.errors.DataError` naming the file and the line.
@@ -57,21 +61,25 @@ class Labelled:
         return len(self.labels)
 
 
-def _label(value, where: str) -> int:
+def _label(value, where: str, name: str = "label") -> int:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (int, float)) and value in (0, 1):
         return int(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return int(value.strip().lower() in _TRUE)
-    raise DataError(f"{where}: label must be 0/1 or true/false, got {value!r}")
+    raise DataError(f"{where}: {name} must be 0/1 or true/false, got {value!r}")
 
 
-def load_labelled(spec: str, need_both: bool = True) -> Labelled:
+def load_labelled(spec: str, need_both: bool = True, fields: dict[str, str] | None = None,
+                  invert: bool = False) -> Labelled:
     """A labelled file, or ``pyrit-human:SPLIT`` (``train``, ``validation``, ``test`` or ``all``):
     pyrit 1.1.0's human-labelled answers, labels and prompt-disjoint split of
-    ``panacea.eval.human_labels`` (rows grouped by harm category)."""
+    ``panacea.eval.human_labels`` (rows grouped by harm category). ``fields`` and ``invert`` are
+    those of :func:`read_labelled` (files only)."""
     if str(spec).startswith(PYRIT_HUMAN):
+        if fields or invert:
+            raise DataError(f"--fields and --invert-labels apply to files; {spec} has its own columns and labels")
         from .human_labels import load_split
 
         items = load_split(str(spec)[len(PYRIT_HUMAN):])
@@ -80,16 +88,22 @@ def load_labelled(spec: str, need_both: bool = True) -> Labelled:
         if need_both and len(set(out.labels)) < 2:
             raise DataError(f"{spec}: every label is {out.labels[0]}; need both harmful and not harmful rows")
         return out
-    return read_labelled(spec, need_both)
+    return read_labelled(spec, need_both, fields, invert)
 
 
-def read_labelled(path: str | Path, need_both: bool = True) -> Labelled:
+def read_labelled(path: str | Path, need_both: bool = True, fields: dict[str, str] | None = None,
+                  invert: bool = False) -> Labelled:
     """Read a labelled CSV / JSONL file (see the module docstring).
 
     Args:
         path: the file; ``.csv`` is read as CSV, anything else as JSON lines.
         need_both: raise unless both labels occur (AUROC and calibration need both classes).
+        fields: the file's column for ``prompt``, ``response`` or ``label`` where it differs,
+            e.g. ``{"prompt": "question"}``.
+        invert: the label column marks safe answers (1/true = not harmful); flip it.
     """
+    col = {c: (fields or {}).get(c, c) for c in COLUMNS}
+    need = ", ".join(col.values())
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"labelled file {str(p)!r} not found")
@@ -100,9 +114,9 @@ def read_labelled(path: str | Path, need_both: bool = True) -> Labelled:
     rows: list[tuple[str, object]] = []
     if p.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [col[c] for c in COLUMNS if col[c] not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{p}: missing column(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})")
+            raise DataError(f"{p}: missing column(s) {', '.join(missing)} (needs {need}{_mapping_hint(fields)})")
         try:
             rows = [(f"line {reader.line_num}", r) for r in reader]
         except csv.Error as e:
@@ -119,22 +133,27 @@ def read_labelled(path: str | Path, need_both: bool = True) -> Labelled:
     for loc, row in rows:
         where = f"{p} {loc}"
         if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object with {', '.join(COLUMNS)}, got {type(row).__name__}")
-        missing = [c for c in COLUMNS if row.get(c) is None]
+            raise DataError(f"{where}: expected an object with {need}, got {type(row).__name__}")
+        missing = [col[c] for c in COLUMNS if row.get(col[c]) is None]
         if missing:
-            raise DataError(f"{where}: missing field(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})")
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)} (needs {need}{_mapping_hint(fields)})")
         for c in ("prompt", "response"):
-            if not isinstance(row[c], str):
-                raise DataError(f"{where}: field {c!r} must be a string, got {type(row[c]).__name__}")
-        out.prompts.append(row["prompt"])
-        out.responses.append(row["response"])
-        out.labels.append(_label(row["label"], where))
+            if not isinstance(row[col[c]], str):
+                raise DataError(f"{where}: field {col[c]!r} must be a string, got {type(row[col[c]]).__name__}")
+        out.prompts.append(row[col["prompt"]])
+        out.responses.append(row[col["response"]])
+        label = _label(row[col["label"]], where, col["label"])
+        out.labels.append(1 - label if invert else label)
     if not out.labels:
         raise DataError(f"labelled file {str(p)!r} has no rows")
     if need_both and len(set(out.labels)) < 2:
         only = out.labels[0]
         raise DataError(f"{p}: every label is {only}; need both harmful (1) and not harmful (0) rows")
     return out
+
+
+def _mapping_hint(fields) -> str:
+    return "; map other names with --fields prompt=COL,response=COL,label=COL" if not fields else ""
 
 
 # --------------------------------------------------------------------------- metrics
