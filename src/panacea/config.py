@@ -222,8 +222,8 @@ class EvalConfig:
     benign: DataSpec | None = field(default_factory=lambda: DataSpec(name="benign_prompts", part="test"))
     """Benign prompts for the over-refusal rate (``null`` to skip)."""
     judge: str = "learned"
-    """Default since issue 15: trained on pyrit's human labels, it beats ``harm`` on the held-out
-    test split (docs/judge.md); ``harm``, ``refusal``, ``llm``, ``beaver_dam``, ``gate`` stay selectable."""
+    """The default: trained on pyrit's human labels, it beats ``harm`` on the held-out test split
+    (docs/judge.md); ``harm``, ``refusal``, ``llm``, ``beaver_dam``, ``gate`` stay selectable."""
     judge_options: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 48
     """New tokens for harmful and benign prompts (papers: 512, docs/protocol.md#generation)."""
