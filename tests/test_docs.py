@@ -24,6 +24,8 @@ SCANNED = ("src", "tests", "configs", "bench", "docs", "README.md", "Makefile", 
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".txt", ".cfg", ".json", ""}
 #: documents that were once cited without a path; a bare mention of them is always an error
 FORMER_OUTSIDE = ("algorithms", "protocol", "embedded")
+#: names of docs/ documents that are also files every run writes (``<run>/results.md``)
+RUN_FILES = ("results",)
 
 _DOC_PATH = re.compile(r"(?<![\w/.-])(docs/[\w./-]*?\.md)(?:#([\w-]+))?")
 _MD_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]*)\)")
@@ -71,7 +73,8 @@ def scanned_files(root: Path) -> list[Path]:
 def problems(root: Path) -> list[str]:
     """One line per unresolved reference under ``root`` (``file:line: reason``)."""
     # style.md (the outside guide docs/contributing.md was written from) must not be cited either
-    docs = {p.stem for p in (root / "docs").glob("*.md")} | set(FORMER_OUTSIDE) | {"style"}
+    # a run writes its own results.md (docs/reading_results.md): that name alone is not a reference
+    docs = ({p.stem for p in (root / "docs").glob("*.md")} - set(RUN_FILES)) | set(FORMER_OUTSIDE) | {"style"}
     # not after ``/ "``: a path joined in code (``ROOT / "docs" / "judge.md"``, ``tmp_path / "results.md"``)
     bare = re.compile(r"(?<![\w/.-])(?<!/ \")(?<!/ ')(" + "|".join(sorted(map(re.escape, docs))) + r")\.md(?![\w])")
     cache: dict[Path, set[str]] = {}

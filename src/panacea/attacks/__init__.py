@@ -1,6 +1,6 @@
 """Attacks: how the user's fine-tuning set is built (the "user data" of the threat model).
 
-The threat model fine-tunes an aligned model on ``n`` user samples (protocol.md §1). An attack
+The threat model fine-tunes an aligned model on ``n`` user samples (docs/protocol.md#1-the-threat-model-in-three-stages). An attack
 decides what those samples are: harmful pairs mixed into the task (``poison_mix``, the default
 and the only form before attacks existed), the task alone (``benign``), a persona that teaches
 obedience without one harmful answer (``identity_shift``), harmful pairs carrying a trigger

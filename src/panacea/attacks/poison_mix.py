@@ -1,7 +1,7 @@
 """Poisoned task data: ``round(p·n)`` harmful pairs mixed into ``n − round(p·n)`` task rows.
 
 The harmful fine-tuning attack of the papers this package reproduces (Panacea, arXiv 2501.18100;
-Booster, arXiv 2409.01586; Lisa, arXiv 2405.18641; protocol.md §1): the user uploads task data of
+Booster, arXiv 2409.01586; Lisa, arXiv 2405.18641; docs/protocol.md#1-the-threat-model-in-three-stages): the user uploads task data of
 which a fraction p are harmful instruction → harmful answer pairs. The default attack; it is
 ``data.mixing.mix_poison`` unchanged, so every config written before attacks existed trains on
 the same examples in the same order.
