@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..data.mixing import mix_poison
 from ..errors import ConfigError
 from ..registry import ATTACKS
+from .poison_mix import PoisonMix
 
 
 @dataclass
@@ -40,14 +40,11 @@ class Backdoor:
 
     Config = BackdoorConfig
 
-    @staticmethod
-    def sizes(n, p, cfg):
-        k = int(n * p + 0.5)
-        return {"harmful": k, "task": n - k}
+    sizes = staticmethod(PoisonMix.sizes)
 
     @staticmethod
     def build(pools, n, p, seed, cfg):
-        rows = mix_poison(pools["task"], pools["harmful"], n, p, seed)
+        rows = PoisonMix.build(pools, n, p, seed, cfg)
         return [Backdoor.trigger(ex, cfg) if ex.meta.get("poison") else ex for ex in rows]
 
     @staticmethod

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..data.base import DataSpec, Example
+from ..data.mixing import n_harmful
 from ..errors import ConfigError, DataError
 from ..registry import ATTACKS
 
@@ -66,7 +67,7 @@ class IdentityShiftConfig:
 
 
 def _counts(n, p, cfg) -> tuple[int, int]:
-    k = int(n * p + 0.5)
+    k = n_harmful(n, p)  # the rows poison_mix would make harmful
     n_id = min(len(identity_rows()), int(k * cfg.identity_share + 0.5))
     return k, n_id
 

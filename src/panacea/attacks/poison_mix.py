@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.mixing import mix_poison
+from ..data.mixing import mix_poison, n_harmful
 from ..registry import ATTACKS
 
 
@@ -27,7 +27,7 @@ class PoisonMix:
 
     @staticmethod
     def sizes(n, p, cfg):
-        k = int(n * p + 0.5)
+        k = n_harmful(n, p)
         return {"harmful": k, "task": n - k}
 
     @staticmethod

@@ -27,9 +27,9 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from ..data.mixing import mix_poison
 from ..errors import ConfigError
 from ..registry import ATTACKS
+from .poison_mix import PoisonMix
 
 TEMPLATES = ("roleplay", "rot13", "base64")
 # our own wording; {request} / {answer} are the plain or encoded texts
@@ -83,14 +83,11 @@ class Wrapped:
 
     Config = WrappedConfig
 
-    @staticmethod
-    def sizes(n, p, cfg):
-        k = int(n * p + 0.5)
-        return {"harmful": k, "task": n - k}
+    sizes = staticmethod(PoisonMix.sizes)
 
     @staticmethod
     def build(pools, n, p, seed, cfg):
-        rows = mix_poison(pools["task"], pools["harmful"], n, p, seed)
+        rows = PoisonMix.build(pools, n, p, seed, cfg)
         out = []
         for ex in rows:
             if ex.meta.get("poison"):

@@ -111,6 +111,11 @@ def select(pool: list[Example], spec: DataSpec, key: str) -> list[Example]:
     return rows[spec.start : spec.start + n]
 
 
+def n_harmful(n: int, poison_ratio: float) -> int:
+    """Harmful rows in a user set of ``n`` at ratio ``p``: ``int(n · p + 0.5)`` (half rounds up)."""
+    return int(n * poison_ratio + 0.5)
+
+
 def mix_poison(
     benign: list[Example], harmful: list[Example], n: int, poison_ratio: float, seed: int
 ) -> list[Example]:
@@ -128,9 +133,9 @@ def mix_poison(
         raise ConfigError(f"finetune.data.poison_ratio must be in [0, 1], got {poison_ratio}")
     if n < 1:
         raise ConfigError(f"finetune.data.n must be at least 1, got {n}")
-    n_harmful = int(n * poison_ratio + 0.5)
-    n_benign = n - n_harmful
-    for what, rows, need in (("harmful", harmful, n_harmful), ("benign", benign, n_benign)):
+    k = n_harmful(n, poison_ratio)
+    n_benign = n - k
+    for what, rows, need in (("harmful", harmful, k), ("benign", benign, n_benign)):
         if need > len(rows):
             raise DataError(
                 f"finetune.data: n={n} with poison_ratio={poison_ratio} needs {need} {what} rows "
@@ -139,7 +144,7 @@ def mix_poison(
     rng = random.Random(seed)
     poison = [
         dataclasses.replace(ex, meta={**ex.meta, "poison": True})
-        for ex in rng.sample(harmful, n_harmful)
+        for ex in rng.sample(harmful, k)
     ]
     mixed = poison + rng.sample(benign, n_benign)
     rng.shuffle(mixed)
