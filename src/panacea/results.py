@@ -35,7 +35,7 @@ from .eval.seeds import summarize
 from .timings import merge_timings, read_timings
 from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES
-from .rundir import canonical
+from .rundir import canonical, first_difference
 
 SCHEMA = "panacea-result/1"
 #: selection rule of a search: lowest validation HS among values whose FA is within this many
@@ -77,15 +77,6 @@ def _identity(cfg: dict) -> dict:
     return yaml.safe_load(canonical({k: v for k, v in cfg.items() if k not in ("seed", "seeds", "output_dir")}))
 
 
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-                return _first_difference(a[k], b[k], f"{prefix}{k}.")
-            return f"{prefix}{k}"
-    return ""
-
-
 def record(runs, out: str | Path, command: str | None = None, force: bool = False) -> Path:
     """Copy the citable part of finished runs into ``out`` (module docstring).
 
@@ -119,7 +110,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         configs[seed] = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
     first = min(seeds)
     for seed, cfg in configs.items():
-        diff = _first_difference(_identity(configs[first]), _identity(cfg))
+        diff = first_difference(_identity(configs[first]), _identity(cfg))
         if diff:
             raise UserError(f"{seeds[seed]} and {seeds[first]} are not seeds of one experiment: {diff} differs")
     single = len(seeds) == 1 and len(runs) == 1 and not (runs[0] / "summary.json").is_file()
@@ -318,7 +309,7 @@ def section(res: dict, level: int = 2) -> list[str]:
     lines += ["", "All in %. HS, FA, OR, shares: mean ± 95 % Student-t interval over the "
               f"{n} seed{'s' if n != 1 else ''}" + (" (no interval with one seed)" if n == 1 else "")
               + "; HS ± prompts: one seed's Wilson 95 % half-width over the prompts (mean over seeds)."]
-    lines += by_judge(res)
+    lines += by_judge(res, search)
     if search:
         lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}; "
                   "when none is within that margin, the highest FA):", ""]
@@ -355,7 +346,7 @@ def _reversals(a: list[dict], b: list[dict]) -> list[tuple[str, str]]:
             if (ha[x] - ha[y]) * (hb[x] - hb[y]) < 0]
 
 
-def by_judge(res: dict) -> list[str]:
+def by_judge(res: dict, search: bool = False) -> list[str]:
     """HS of every variant under the recorded judge and under each judge that re-scored the saved
     answers, mean ± 95 % interval over the seeds, with the share of answers the re-scoring judge
     calls engaged but harmless; then the pairs of variants whose order by HS reverses and, for a
@@ -382,8 +373,8 @@ def by_judge(res: dict) -> list[str]:
                      + ("no pair of variants changes order (ties aside)." if not rev else
                         "reversed for " + "; ".join(f"{x} / {y}" for x, y in rev)
                         + " (whether a reversal exceeds the intervals: see the table)."))
-        picks = select(again[j])
-        if picks and any((res["meta"]["eval"].get(k) or {}).get("part") == "validation" for k in ("harmful",)):
+        picks = select(again[j]) if search else []
+        if picks:
             lines.append(f"* the selection rule under `{j}` picks: "
                          + ", ".join(f"{s['chosen']}{'' if s['within_margin'] else ' (no value within the margin)'}"
                                      for s in picks) + ".")
