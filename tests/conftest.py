@@ -7,9 +7,12 @@ has 2 layers and hidden size 32, random weights with a fixed seed.
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# every run now draws its plot: keep matplotlib's font cache out of the user's home folder
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="panacea-tests-mpl-"))
 
 import pytest
 import torch
