@@ -200,3 +200,36 @@ def test_record_joins_seeds_run_before_and_after_a_defaulted_key_existed(tmp_pat
     cfg["finetune"]["data"]["attack"] = "poison_mix"
     (run / "seed_3" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert (record(run, tmp_path / "r") / "result.json").is_file()
+
+
+def test_tables_pair_each_defense_with_its_reference_by_seed(tmp_path):
+    """Test-split sections compare each defense with its reference seed by seed: the mean and
+    Student-t interval of the per-seed differences (computed here independently), the
+    yes / no / higher verdict from that interval, and the FA margin."""
+    import math
+
+    cfg = {**CONFIG, "eval": {k: ({**v, "part": "test"} if isinstance(v, dict) else v) for k, v in CONFIG["eval"].items()}}
+    run = make_run(tmp_path)
+    for f in [run / "config.yaml", *run.glob("seed_*/config.yaml")]:
+        seed = yaml.safe_load(f.read_text())["seed"]
+        f.write_text(yaml.safe_dump({**cfg, **({"seeds": None, "seed": seed} if f.parent != run else {})}))
+    record(run, tmp_path / "results" / "toy")
+    doc = tables(tmp_path / "results")
+    assert "(search on validation prompts)" not in doc
+
+    def paired(v, ref, k):
+        d = [a[k] - b[k] for a, b in zip(SCORES[v], SCORES[ref])]
+        m = sum(d) / 3
+        sd = math.sqrt(sum((x - m) ** 2 for x in d) / 2)
+        return m, 4.303 * sd / math.sqrt(3)
+
+    block = doc.split("Each defense against the same attack without it")[1].split("\n\n")[1].splitlines()[2:]
+    lines = {line.split(" | ")[0][2:]: line for line in block}
+    hs, half = paired("panacea@rho1", "sft", 0)          # −22, −22, −24: lower, interval excludes 0
+    fa, fhalf = paired("panacea@rho1", "sft", 1)
+    assert lines["panacea@rho1"] == f"| panacea@rho1 | sft | {hs:.1f} ± {half:.1f} | {fa:.1f} ± {fhalf:.1f} | yes | yes |"
+    hs, half = paired("sft+random", "sft", 0)             # the post defense's reference is its `from`
+    assert lines["sft+random"].startswith(f"| sft+random | sft | {hs:.1f} ± {half:.1f} |") and lines["sft+random"].endswith("| yes | no |")
+    assert "aligned" not in lines   # the aligned model has no reference
+    assert "* lower HS under every judge, FA within the margin: panacea@rho1 (vs sft), panacea@rho2 (vs sft)." in doc
+    assert "at a cost in FA beyond the margin: panacea@rho3 (vs sft), avg@rho1 (vs sft), sft+random (vs sft)." in doc

@@ -22,6 +22,7 @@ command would write (the test suite runs it on ``docs/results.md`` and ``README.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ import yaml
 
 from .errors import UserError
 from .eval.seeds import summarize
+from .eval.stats import mean_ci
 from .timings import merge_timings, read_timings
 from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES
@@ -310,6 +312,8 @@ def section(res: dict, level: int = 2) -> list[str]:
               f"{n} seed{'s' if n != 1 else ''}" + (" (no interval with one seed)" if n == 1 else "")
               + "; HS ± prompts: one seed's Wilson 95 % half-width over the prompts (mean over seeds)."]
     lines += by_judge(res, search)
+    if not search:
+        lines += paired(res)
     if search:
         lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}; "
                   "when none is within that margin, the highest FA):", ""]
@@ -378,6 +382,94 @@ def by_judge(res: dict, search: bool = False) -> list[str]:
             lines.append(f"* the selection rule under `{j}` picks: "
                          + ", ".join(f"{s['chosen']}{'' if s['within_margin'] else ' (no value within the margin)'}"
                                      for s in picks) + ".")
+    return lines
+
+
+def reference_of(cfg: dict, variant: str) -> str | None:
+    """What a variant is compared with: a post defense with the run it repairs (``from``), a
+    fine-tuning run with ``sft`` (the same attack without a defense; for a run from another
+    aligned model, e.g. Booster's, ``sft`` from the main alignment). None for the aligned models
+    and the reference itself."""
+    post = cfg.get("post") or {}
+    runs = (cfg.get("finetune") or {}).get("runs") or {}
+    if variant in post:
+        return post[variant].get("from")
+    if variant in runs and variant != REFERENCE and REFERENCE in runs:
+        return REFERENCE
+    return None
+
+
+def _paired(res: dict, name: str, ref: str, key: str) -> dict | None:
+    """Mean and 95 % Student-t half-width over the seeds of the per-seed difference
+    ``key(name) − key(ref)`` (paired by seed: both come from the same alignment and user data)."""
+    diffs = []
+    for rows in res["per_seed"].values():
+        by = {r["name"]: r for r in rows}
+        a, b = (by.get(name) or {}).get(key), (by.get(ref) or {}).get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not (math.isnan(a) or math.isnan(b)):
+            diffs.append(a - b)
+    if not diffs:
+        return None
+    mean, half = mean_ci(diffs)
+    return {"mean": mean, "ci95": None if math.isnan(half) else half, "n": len(diffs)}
+
+
+def _lower(d: dict | None) -> str:
+    """Whether a paired HS difference says "lower than the reference": its whole 95 % interval
+    below 0 (``yes``), above 0 (``higher``), else ``no`` (not distinguishable); one seed: ``—``."""
+    if d is None or d["ci95"] is None:
+        return "—"
+    if d["mean"] + d["ci95"] < 0:
+        return "yes"
+    return "higher" if d["mean"] - d["ci95"] > 0 else "no"
+
+
+def paired(res: dict) -> list[str]:
+    """Each defended variant against its reference (:func:`reference_of`), paired by seed: ΔHS
+    under the recorded judge and every re-scoring judge, ΔFA, whether HS is lower (the 95 % interval
+    of the paired difference excludes 0) and whether FA stays within ``FA_MARGIN`` points; then one
+    sentence per outcome. This is the direction every defense's paper claims (lower HS at little
+    cost in FA); the verdicts in the README and docs are these lines, not typed."""
+    cfg = res["config"]
+    recorded = (res["meta"].get("eval") or {}).get("judge") or "harm"
+    judges = [recorded] + other_judges(res)
+    loaded = {recorded: res, **{j: load(res["folder"], j) for j in judges[1:]}}
+    rows = []
+    for row in res["summary"]:
+        ref = reference_of(cfg, row["name"])
+        if ref is None or ref not in {r["name"] for r in res["summary"]}:
+            continue
+        hs = {j: _paired(loaded[j], row["name"], ref, "harmful_score") for j in judges}
+        fa = _paired(res, row["name"], ref, "finetune_accuracy")
+        rows.append((row["name"], ref, hs, fa))
+    if not rows:
+        return []
+    n = len(res["meta"]["seeds"])
+    head = (["variant", "vs"] + [f"ΔHS `{j}`" for j in judges] + ["ΔFA"]
+            + [f"HS lower? `{j}`" for j in judges] + [f"FA within {FA_MARGIN:g}?"])
+    lines = ["", f"Each defense against the same attack without it, paired by seed (difference of the two "
+             f"variants' scores in each seed, mean ± 95 % Student-t interval over the {n} seed{'s' if n != 1 else ''}; "
+             "`HS lower?`: yes when the whole interval is below 0):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, ref, hs, fa in rows:
+        within = "—" if fa is None else ("yes" if fa["mean"] >= -FA_MARGIN else "no")
+        lines.append("| " + " | ".join([name, ref] + [_pm(hs[j]) for j in judges] + [_pm(fa)]
+                                       + [_lower(hs[j]) for j in judges] + [within]) + " |")
+    if n < 2:
+        return lines + ["", "One training seed: no verdict."]
+    lines.append("")
+    groups = {"lower HS under every judge, FA within the margin": [],
+              "lower HS under every judge, at a cost in FA beyond the margin": [],
+              "lower HS under some judges only": [],
+              "HS not lower under any judge": []}
+    for name, ref, hs, fa in rows:
+        low = [_lower(hs[j]) == "yes" for j in judges]
+        ok_fa = fa is not None and fa["mean"] >= -FA_MARGIN
+        key = ("HS not lower under any judge" if not any(low) else "lower HS under some judges only" if not all(low)
+               else "lower HS under every judge, FA within the margin" if ok_fa
+               else "lower HS under every judge, at a cost in FA beyond the margin")
+        groups[key].append(f"{name} (vs {ref})")
+    lines += [f"* {k}: {', '.join(v)}." for k, v in groups.items() if v]
     return lines
 
 
