@@ -21,7 +21,8 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import DataError, UserError
+from ..errors import UserError
+from .answers import read_answers
 
 FORMATS = ("alpaca_eval",)
 
@@ -39,17 +40,8 @@ def export_run(run_dir: str | Path, fmt: str = "alpaca_eval", answer_set: str = 
     out_dir = run / "exports" / fmt / answer_set
     todo = []
     for path in gens:
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {i} is not JSON ({e.msg})") from None
-            if row.get("set") == answer_set:
-                rows.append({"instruction": row["prompt"], "output": row["response"],
-                             "generator": f"{run.name}/{path.stem}"})
+        rows = [{"instruction": row["prompt"], "output": row["response"], "generator": f"{run.name}/{path.stem}"}
+                for row in read_answers(path, answer_set)]
         if not rows:
             raise UserError(f"{path}: no answers of set {answer_set!r} (evaluate with eval.{answer_set} set)")
         todo.append((out_dir / f"{path.stem}.json", rows))

@@ -26,36 +26,14 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import DataError, UserError
+from ..errors import UserError
+from .answers import read_answers
 from .evaluate import harm_metrics, verdict_row
 from .judge_eval import judge_info
 
 #: judge-independent numbers carried over from metrics.json
 _CARRY = ("finetune_accuracy", "finetune_accuracy_ci", "n_task_items", "over_refusal", "over_refusal_ci",
           "n_benign_prompts", "train_seconds")
-
-
-def _read_generations(path: Path) -> list[dict]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path} ({type(e).__name__})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {i}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {i}: expected an object")
-        if row.get("set", "harmful") != "harmful":
-            continue
-        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
-            raise DataError(f"{path} line {i}: needs string fields 'prompt' and 'response'")
-        rows.append(row)
-    return rows
 
 
 def _variants(run: Path) -> list[tuple[str, Path]]:
@@ -89,7 +67,7 @@ def rejudge_run(run: Path, judge, judge_name: str, options: dict, tag: str | Non
     t0 = time.perf_counter()
     stem = _stem(judge_name, tag)
     original = {r["name"]: r for r in _metrics(run).get("results", []) if isinstance(r, dict) and "name" in r}
-    variants = [(v, _read_generations(p)) for v, p in _variants(run)]
+    variants = [(v, read_answers(p)) for v, p in _variants(run)]
     results = []
     for v, rows in variants:
         verdicts = judge([r["prompt"] for r in rows], [r["response"] for r in rows])
