@@ -28,11 +28,12 @@ from collections import defaultdict
 from dataclasses import asdict
 
 import torch
+from torch.profiler import record_function
 from transformers import ProgressCallback, TrainerCallback, TrainingArguments
 
 from .distributed import is_main, launched_processes
 from .errors import ConfigError, DataError, NonFiniteError
-from .weights import average_across_processes, is_dtensor, world_size
+from .weights import average_across_processes, global_l2, is_dtensor, world_size
 
 
 def training_arguments(train, output_dir, seed: int, **extra) -> TrainingArguments:
@@ -322,6 +323,26 @@ class AuxiliaryMixin:
         """The next auxiliary batch, on the trainer's device."""
         return self._prepare_inputs(self._auxiliary_loader().next())
 
+    def _harmful_gradient(self, model, params, tag: str):
+        """The harmful pass of Booster (its pass 1) and Panacea (its pass 2): the next defender
+        batch, its loss h(w) (the processes' token-weighted mean), ∇h(w) averaged over processes,
+        and ‖∇h(w)‖ (global L2), each checked finite before anything is written. The batch and its
+        token share are returned so that the next pass reuses exactly this batch.
+
+        Returns ``(batch, share, h_w, grad_h, norm_h)``; profiled as ``<tag>/harmful_pass``.
+        """
+        hb = self._aux_batch()
+        share = token_share(hb)  # 1.0 on one process
+        with record_function(f"{tag}/harmful_pass"):
+            with self.compute_loss_context_manager():
+                loss_h = model(**hb).loss
+            h_w = process_mean(loss_h, share)
+            check_finite(self, "h(w)", h_w)
+            grad_h = process_gradients(loss_h * share, params, model)
+        norm_h = global_l2(grad_h)
+        check_finite(self, "‖∇h(w)‖", norm_h)
+        return hb, share, h_w, grad_h, norm_h
+
     def log(self, logs, *args, **kwargs):
         add_auxiliary_logs(logs, self._aux)
         super().log(logs, *args, **kwargs)
@@ -373,6 +394,24 @@ def process_gradients(loss, params, model=None) -> list[torch.Tensor]:
             p.grad = g
         return grads
     return average_across_processes(torch.autograd.grad(loss, params))
+
+
+def micro_batch_scale(trainer, num_items_in_batch) -> float:
+    """The factor a micro-batch's loss gets before its gradient is added, as ``Trainer.training_step``
+    applies it: 1 when the model's loss already divides by the whole step's target-token count
+    (``num_items_in_batch``, token-weighted across micro-batches), else 1/GA."""
+    scaled = trainer.model_accepts_loss_kwargs and num_items_in_batch is not None
+    return 1.0 if scaled else 1.0 / trainer.current_gradient_accumulation_steps
+
+
+def accumulate_grads(params, grads) -> None:
+    """``p.grad += G`` (G in ``p``'s dtype; ``p.grad = G`` when there is none yet), outside autograd:
+    how a trainer that computes its own gradient adds one micro-batch, as ``backward`` would.
+    ``grads`` may be a generator; it is evaluated under ``no_grad``."""
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            g = g.to(p.dtype)
+            p.grad = g if p.grad is None else p.grad + g
 
 
 def token_share(batch):

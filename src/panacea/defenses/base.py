@@ -47,6 +47,26 @@ class PostDefense(Protocol):
         """Edit the model's trainable weights in place; return numbers for the stage record."""
 
 
+class DatasetTrainerEntry:
+    """A ``TrainingDefense`` whose trainer takes its options and one defender data set:
+    ``make_trainer`` loads ``cfg.<data_key>`` (errors named by that key) and builds
+    ``Trainer(model=, args=, train_dataset=, data_collator=, <option>=cfg, <data_kwarg>=data)``.
+    A subclass names its ``Config``, ``Trainer`` and ``option`` (and the data keys when they are
+    not the defender's harmful set)."""
+
+    Config: ClassVar[type]
+    Trainer: ClassVar[type]
+    option: ClassVar[str]
+    data_key: ClassVar[str] = "harmful_data"
+    data_kwarg: ClassVar[str] = "harmful_dataset"
+
+    @classmethod
+    def make_trainer(cls, model, args, train_dataset, ctx: StageContext, cfg):
+        data = ctx.dataset(getattr(cfg, cls.data_key), cls.data_key)
+        return cls.Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=ctx.collator,
+                           **{cls.option: cfg, cls.data_kwarg: data})
+
+
 # --------------------------------------------------------------------------- the registration contract
 
 ROLES = ("defense", "baseline", "control")

@@ -32,10 +32,10 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ..base import DefenseSpec
-from ...training import (AuxiliaryMixin, check_finite, process_gradients, process_mean, require_gradient_access,
-                         token_share)
-from ...weights import global_l2, perturbed
+from ..base import DatasetTrainerEntry, DefenseSpec
+from ...training import (AuxiliaryMixin, accumulate_grads, check_finite, micro_batch_scale, process_gradients, process_mean,
+                         require_gradient_access)
+from ...weights import perturbed
 
 
 @dataclass
@@ -77,16 +77,7 @@ class BoosterTrainer(AuxiliaryMixin, Trainer):
         # over processes (token-weighted for h), so ĝ_h and the simulated step are the same on
         # every process (docs/algorithms.md#shared-rules, rule 2); on one process these are plain
         # autograd.grad
-        hb = self._aux_batch()  # the defender's harmful batch
-        share = token_share(hb)  # 1.0 on one process
-        with record_function("booster/harmful_pass"):
-            with self.compute_loss_context_manager():
-                loss_h = model(**hb).loss
-            h_w = process_mean(loss_h, share)
-            check_finite(self, "h(w)", h_w)
-            grad_h = process_gradients(loss_h * share, params, model)
-        norm_h = global_l2(grad_h)
-        check_finite(self, "‖∇h(w)‖", norm_h)
+        hb, share, h_w, grad_h, norm_h = self._harmful_gradient(model, params, "booster")  # the defender's batch
         step = cfg.alpha / (norm_h + 1e-7)
 
         # pass 2: the same harmful batch after one simulated normalised harmful step
@@ -103,13 +94,8 @@ class BoosterTrainer(AuxiliaryMixin, Trainer):
                 loss_f = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             check_finite(self, "f(w)", process_mean(loss_f))
             grad_f = process_gradients(loss_f, params, model)
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        f_scale = 1.0 if scaled else 1.0 / ga
-
-        with torch.no_grad():
-            for p, a, b, c in zip(params, grad_f, grad_h, grad_hs):
-                G = a * f_scale + (cfg.lam / ga) * (b - c)
-                p.grad = G.to(p.dtype) if p.grad is None else p.grad + G.to(p.dtype)
+        f_scale = micro_batch_scale(self, num_items_in_batch)
+        accumulate_grads(params, (a * f_scale + (cfg.lam / ga) * (b - c) for a, b, c in zip(grad_f, grad_h, grad_hs)))
 
         self._aux["harmful_loss"].append(h_w.item())
         self._aux["harmful_loss_after_step"].append(h_step.item())
@@ -117,16 +103,10 @@ class BoosterTrainer(AuxiliaryMixin, Trainer):
         return loss_f.detach() * f_scale
 
 
-class Booster:
-    """Registry entry: builds a ``BoosterTrainer`` with the defender's harmful set."""
+class Booster(DatasetTrainerEntry):
+    """Registry entry: a ``BoosterTrainer`` with the defender's harmful set (``harmful_data``)."""
 
-    Config = BoosterConfig
-
-    @staticmethod
-    def make_trainer(model, args, train_dataset, ctx, cfg: BoosterConfig):
-        harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
-        return BoosterTrainer(model=model, args=args, train_dataset=train_dataset,
-                              data_collator=ctx.collator, booster=cfg, harmful_dataset=harmful)
+    Config, Trainer, option = BoosterConfig, BoosterTrainer, "booster"
 
 
 DEFENSES["alignment"].register(

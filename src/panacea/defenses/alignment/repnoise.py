@@ -67,8 +67,9 @@ from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, resolve
 from ...registry import DEFENSES
-from ..base import DefenseSpec
-from ...training import AuxiliaryMixin, process_gradients, process_mean, require_gradient_access
+from ..base import DatasetTrainerEntry, DefenseSpec
+from ...training import (AuxiliaryMixin, accumulate_grads, micro_batch_scale, process_gradients, process_mean,
+                         require_gradient_access)
 
 
 @dataclass
@@ -203,14 +204,9 @@ class RepNoiseTrainer(AuxiliaryMixin, Trainer):
         # alignment forward and backward (token-weighted across micro-batches as the Trainer does)
         with self.compute_loss_context_manager():
             loss_f = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        f_scale = 1.0 if scaled else 1.0 / ga
+        f_scale = micro_batch_scale(self, num_items_in_batch)
         grad_f = process_gradients(loss_f, params, model)
-
-        with torch.no_grad():
-            for p, a, b in zip(params, grad_f, grad_h):
-                G = (a * f_scale + b / ga).to(p.dtype)
-                p.grad = G if p.grad is None else p.grad + G  # accumulate: GA > 1 adds micro-batches
+        accumulate_grads(params, (a * f_scale + b / ga for a, b in zip(grad_f, grad_h)))  # GA > 1 adds micro-batches
 
         self._aux["harmful_loss"].append(process_mean(ce_h).item())
         self._aux["harmful_loss_layers_mean"].append(process_mean(ce_mean).item())
@@ -218,16 +214,10 @@ class RepNoiseTrainer(AuxiliaryMixin, Trainer):
         return loss_f.detach() * f_scale
 
 
-class RepNoise:
-    """Registry entry: builds a ``RepNoiseTrainer`` with the defender's harmful set."""
+class RepNoise(DatasetTrainerEntry):
+    """Registry entry: a ``RepNoiseTrainer`` with the defender's harmful set (``harmful_data``)."""
 
-    Config = RepNoiseConfig
-
-    @staticmethod
-    def make_trainer(model, args, train_dataset, ctx, cfg: RepNoiseConfig):
-        harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
-        return RepNoiseTrainer(model=model, args=args, train_dataset=train_dataset,
-                               data_collator=ctx.collator, repnoise=cfg, harmful_dataset=harmful)
+    Config, Trainer, option = RepNoiseConfig, RepNoiseTrainer, "repnoise"
 
 
 DEFENSES["alignment"].register(

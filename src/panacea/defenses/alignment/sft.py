@@ -21,7 +21,8 @@ class SFTConfig:
 
 
 class SFT:
-    """Refusal SFT with the stock ``transformers.Trainer`` (1 forward + 1 backward per step)."""
+    """Plain SFT with the stock ``transformers.Trainer`` (1 forward + 1 backward per step): refusal
+    SFT at the alignment stage, the user's fine-tuning at the fine-tuning stage (finetune/sft.py)."""
 
     Config = SFTConfig
 

@@ -41,7 +41,7 @@ from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, replace_first, resolve
 from ...registry import DEFENSES
 from ..base import DefenseSpec
-from ...training import AuxiliaryMixin, process_gradients, require_gradient_access
+from ...training import AuxiliaryMixin, accumulate_grads, micro_batch_scale, process_gradients, require_gradient_access
 from ...weights import global_l2
 
 
@@ -117,13 +117,8 @@ class VaccineTrainer(AuxiliaryMixin, Trainer):
                 loss_p = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             grads = process_gradients(loss_p, params, model)  # averaged over processes
         # token-weighted across micro-batches as the Trainer does (as in booster.py)
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        f_scale = 1.0 if scaled else 1.0 / ga
-
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                G = (g * f_scale).to(p.dtype)
-                p.grad = G if p.grad is None else p.grad + G  # accumulate: GA > 1 adds micro-batches
+        f_scale = micro_batch_scale(self, num_items_in_batch)
+        accumulate_grads(params, (g * f_scale for g in grads))  # GA > 1 adds micro-batches
 
         # per micro-batch value on the scale of the logged loss
         self._aux["perturbed_loss"].append(loss_p.item() * f_scale * ga)

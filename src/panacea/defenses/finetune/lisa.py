@@ -43,8 +43,8 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ..base import DefenseSpec
-from ...training import AuxiliaryMixin, check_finite, require_gradient_access, token_share
+from ..base import DatasetTrainerEntry, DefenseSpec
+from ...training import AuxiliaryMixin, accumulate_grads, check_finite, micro_batch_scale, require_gradient_access, token_share
 
 ALIGNMENT, USER = "alignment", "user"
 
@@ -144,8 +144,7 @@ class LisaTrainer(AuxiliaryMixin, Trainer):
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             check_finite(self, "g(w)", loss)
-            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-            scale = 1.0 if scaled else 1.0 / ga
+            scale = micro_batch_scale(self, num_items_in_batch)
         self.accelerator.backward(loss * scale)
 
         active = self.proximal_active(step)
@@ -153,9 +152,7 @@ class LisaTrainer(AuxiliaryMixin, Trainer):
         with torch.no_grad():
             diffs = [p.detach().float() - a.float() for p, a in zip(params, anchor)]
             if active:  # ρ(w − w̃) once per optimizer step: 1/GA of it per micro-batch
-                for p, d in zip(params, diffs):
-                    term = (self.lisa.rho / ga * d).to(p.dtype)
-                    p.grad = term if p.grad is None else p.grad + term
+                accumulate_grads(params, (self.lisa.rho / ga * d for d in diffs))
             dist2 = float(sum(d.pow(2).sum() for d in diffs))
 
         if first_micro:
@@ -186,16 +183,11 @@ class LisaTrainer(AuxiliaryMixin, Trainer):
         return {**self.stats, "final_state": self.lisa_state}
 
 
-class Lisa:
-    """Registry entry: builds a ``LisaTrainer`` with the defender's alignment (guide) data."""
+class Lisa(DatasetTrainerEntry):
+    """Registry entry: a ``LisaTrainer`` with the defender's alignment (guide) data (``alignment_data``)."""
 
-    Config = LisaConfig
-
-    @staticmethod
-    def make_trainer(model, args, train_dataset, ctx, cfg: LisaConfig):
-        alignment = ctx.dataset(cfg.alignment_data, "alignment_data")
-        return LisaTrainer(model=model, args=args, train_dataset=train_dataset,
-                           data_collator=ctx.collator, lisa=cfg, alignment_dataset=alignment)
+    Config, Trainer, option = LisaConfig, LisaTrainer, "lisa"
+    data_key, data_kwarg = "alignment_data", "alignment_dataset"
 
 
 DEFENSES["finetune"].register(

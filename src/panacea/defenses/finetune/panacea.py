@@ -43,11 +43,11 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ..base import Counterpart, DefenseSpec
+from ..base import Counterpart, DatasetTrainerEntry, DefenseSpec
 from ...rundir import atomic_path
 from ...distributed import is_main
-from ...training import (AuxiliaryMixin, check_finite, full_tensors, process_gradients, process_mean,
-                         require_gradient_access, token_share)
+from ...training import (AuxiliaryMixin, accumulate_grads, check_finite, full_tensors, micro_batch_scale, process_gradients,
+                         process_mean, require_gradient_access)
 from ...weights import global_l2, perturbed
 
 
@@ -115,8 +115,7 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         with record_function("panacea/user_pass"), self.compute_loss_context_manager():
             loss_g = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         check_finite(self, "g(w)", process_mean(loss_g))
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        g_scale = 1.0 if scaled else 1.0 / ga
+        g_scale = micro_batch_scale(self, num_items_in_batch)
         with record_function("panacea/user_backward"):
             grad_g = process_gradients(loss_g, params, model)
         self.stats["micro_steps"] += 1
@@ -124,23 +123,11 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         # perturb_every = k: ε is recomputed on optimizer steps 0, k, 2k, … (every micro-batch of
         # such a step); the other steps are plain SFT and keep the last ε
         if self.state.global_step % cfg.perturb_every != 0:
-            with torch.no_grad():
-                for p, a in zip(params, grad_g):
-                    G = (a * g_scale).to(p.dtype)
-                    p.grad = G if p.grad is None else p.grad + G
+            accumulate_grads(params, (a * g_scale for a in grad_g))
             return loss_g.detach() * g_scale
 
         # pass 2: harmful loss h(w) on the defender's batch, and ε = ρ ∇h / ‖∇h‖
-        hb = self._aux_batch()
-        share = token_share(hb)  # 1.0 on one process
-        with record_function("panacea/harmful_pass"):
-            with self.compute_loss_context_manager():
-                loss_h = model(**hb).loss
-            h_w = process_mean(loss_h, share)
-            check_finite(self, "h(w)", h_w)
-            grad_h = process_gradients(loss_h * share, params, model)
-        norm_h = global_l2(grad_h)
-        check_finite(self, "‖∇h(w)‖", norm_h)
+        hb, share, h_w, grad_h, norm_h = self._harmful_gradient(model, params, "panacea")
         scale = cfg.rho / (norm_h + 1e-7)
         eps = [(scale * t.float()).detach() for t in grad_h]  # owned copies, never .grad aliases
 
@@ -156,10 +143,7 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
             else:  # below c, ∇min(h, c) = ∇h (clamping a process's own share would be wrong)
                 grad_hp = process_gradients(loss_hp * share, params, model)
 
-        with torch.no_grad():
-            for p, a, b, c in zip(params, grad_g, grad_hp, grad_h):
-                G = a * g_scale - (cfg.lam / ga) * (b - c)
-                p.grad = G.to(p.dtype) if p.grad is None else p.grad + G.to(p.dtype)
+        accumulate_grads(params, (a * g_scale - (cfg.lam / ga) * (b - c) for a, b, c in zip(grad_g, grad_hp, grad_h)))
 
         self.epsilon = eps
         self._keep(eps)
@@ -217,23 +201,10 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         return s
 
 
-class Panacea:
-    """Registry entry: builds a ``PanaceaTrainer`` with the defender's harmful set."""
+class Panacea(DatasetTrainerEntry):
+    """Registry entry: a ``PanaceaTrainer`` with the defender's harmful set (``harmful_data``)."""
 
-    Config = PanaceaConfig
-    Trainer = PanaceaTrainer
-
-    @classmethod
-    def make_trainer(cls, model, args, train_dataset, ctx, cfg: PanaceaConfig):
-        harmful = ctx.dataset(cfg.harmful_data, "harmful_data")
-        return cls.Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            data_collator=ctx.collator,
-            panacea=cfg,
-            harmful_dataset=harmful,
-        )
+    Config, Trainer, option = PanaceaConfig, PanaceaTrainer, "panacea"
 
 
 DEFENSES["finetune"].register(

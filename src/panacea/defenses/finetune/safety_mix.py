@@ -34,7 +34,7 @@ from ...data.templates import Tokenized
 from ...errors import ConfigError, DataError
 from ...registry import DEFENSES
 from ..base import DefenseSpec
-from ...training import AuxiliaryMixin, token_share
+from ...training import AuxiliaryMixin, micro_batch_scale, token_share
 
 
 @dataclass
@@ -114,8 +114,7 @@ class SafetyMixTrainer(AuxiliaryMixin, Trainer):
             loss_g = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             sb = self._aux_batch()  # the provider's refusal batch
             loss_f = model(**sb).loss
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        g_scale = 1.0 if scaled else 1.0 / ga
+        g_scale = micro_batch_scale(self, num_items_in_batch)
         share = token_share(sb)  # 1.0 on one process; DDP's average is then the global token mean
         self.accelerator.backward(loss_g * g_scale + (self.safety_mix.weight / ga) * (loss_f * share))
         self._aux["safety_loss"].append(loss_f.item())
