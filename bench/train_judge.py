@@ -114,7 +114,8 @@ def evaluate(params_path: Path, seed: int, command: str) -> dict:
     import torch
 
     from panacea.eval.human_labels import load_items, split_items
-    from panacea.eval.judge_eval import Labelled, judge_report
+    from panacea.eval.judge_eval import judge_report
+    from panacea.judges.calibration import Labelled
     from panacea.registry import JUDGES as REG
 
     test = split_items(load_items(), seed)["test"]

@@ -257,7 +257,7 @@ def cmd_judge_eval(args) -> int:
 
 def parse_fields(text: str | None) -> dict[str, str]:
     """``--fields prompt=question,response=answer`` → ``{"prompt": "question", "response": "answer"}``."""
-    from .eval.judge_eval import COLUMNS
+    from .judges.calibration import COLUMNS
 
     if text is None:
         return {}

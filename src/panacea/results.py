@@ -295,7 +295,7 @@ def section(res: dict, level: int = 2) -> list[str]:
              f"* machine: {m.get('cpu') or m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
              f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; wall "
              f"{'?' if wall is None else f'{wall / 60:.0f} min'}",
-             f"* versions: " + ", ".join(f"{k} {v.get(k)}" for k in PACKAGES)
+             "* versions: " + ", ".join(f"{k} {v.get(k)}" for k in PACKAGES)
              + f"; commit {(g.get('commit') or '?')[:10]}{' (with local changes)' if g.get('dirty') else ''}",
              ""]
     head = ["variant", "method", "HS", "HS ± prompts", "FA", "OR", "refused", "engaged", "degenerate"]

@@ -8,12 +8,11 @@ import pytest
 from panacea.errors import DataError
 from panacea.eval.judge_eval import (
     auroc_interval,
-    best_threshold,
     binary_metrics,
     format_judge_report,
     judge_report,
-    read_labelled,
 )
+from panacea.judges.calibration import best_threshold, read_labelled
 from panacea.judges.base import Verdict
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from panacea.errors import ConfigError, DataError
-from panacea.eval.judge_eval import best_threshold
+from panacea.judges.calibration import best_threshold
 from panacea.judges.llm import LLMJudge
 from panacea.registry import JUDGES
 

@@ -18,7 +18,7 @@ from ..distributed import map_sharded
 from ..judges.base import CATEGORIES, Verdict
 from ..judges.refusal import is_refusal
 from .generate import generate
-from .judge_eval import judge_info
+from ..judges.calibration import judge_info
 from .stats import wilson_interval
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import UserError
 from .answers import read_answers
 from .evaluate import harm_metrics, verdict_row
-from .judge_eval import judge_info
+from ..judges.calibration import judge_info
 
 #: judge-independent numbers carried over from metrics.json
 _CARRY = ("finetune_accuracy", "finetune_accuracy_ci", "n_task_items", "over_refusal", "over_refusal_ci",

@@ -45,7 +45,7 @@ class GateJudge:
 
     @property
     def info(self) -> dict:
-        from ..eval.judge_eval import judge_info
+        from .calibration import judge_info
 
         first, then = judge_info(self.first), judge_info(self.then)
         source = f"of the second judge ({then.get('judge')})"

@@ -19,8 +19,8 @@ read; if the template and prompt alone are too long, the head is cut from the le
 
 **Threshold.** ``harmful = score >= threshold``. The threshold is never guessed: pass either
 ``threshold`` (a number you measured) or ``calibration`` (a labelled CSV/JSONL file, see
-``panacea.eval.judge_eval``), on which the judge scores every row at start-up and keeps the
-threshold with the highest balanced accuracy (``judge_eval.best_threshold``). The chosen value
+``panacea.judges.calibration``), on which the judge scores every row at start-up and keeps the
+threshold with the highest balanced accuracy (``calibration.best_threshold``). The chosen value
 and its source are in ``judge.info`` (``threshold``, ``threshold_source``, ``calibration``), which
 ``panacea judge-eval``, ``panacea rejudge`` and ``metrics.json`` (per variant, ``judge``) record.
 
@@ -153,7 +153,7 @@ class LLMJudge:
             raise ConfigError(f"eval.judge_options.model: its tokenizer cannot tell {YES!r} from {NO!r}")
 
     def _calibrate(self, path: str) -> None:
-        from ..eval.judge_eval import best_threshold, read_labelled
+        from .calibration import best_threshold, read_labelled
         from ..eval.stats import auroc
 
         data = read_labelled(path)
@@ -261,7 +261,7 @@ class LLMJudge:
 
 def parse_options(options: dict) -> dict:
     """Validate ``eval.judge_options`` without loading anything (also run by the CLI before training)."""
-    from ..eval.judge_eval import read_labelled
+    from .calibration import read_labelled
 
     opts = check_options(
         options,

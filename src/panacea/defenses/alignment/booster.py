@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch.profiler import record_function
 from transformers import Trainer
 
