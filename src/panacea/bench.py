@@ -722,7 +722,7 @@ def report_md(results: dict) -> str:
 
 
 def write_outputs(results: dict, out_dir: Path) -> None:
-    from .pipeline import write_atomic, write_json
+    from .rundir import write_atomic, write_json
 
     write_json(out_dir / "results.json", results)
     plot_all(results, out_dir)

@@ -30,6 +30,7 @@ from ..errors import UserError
 from .answers import read_answers
 from .evaluate import harm_metrics, verdict_row
 from ..judges.calibration import judge_info
+from ..rundir import write_atomic, write_json
 
 #: judge-independent numbers carried over from metrics.json
 _CARRY = ("finetune_accuracy", "finetune_accuracy_ci", "n_task_items", "over_refusal", "over_refusal_ci",
@@ -62,7 +63,6 @@ def _stem(judge_name: str, tag: str | None) -> str:
 
 def rejudge_run(run: Path, judge, judge_name: str, options: dict, tag: str | None = None) -> dict:
     """Re-judge one (single-seed) run directory; writes and returns ``rejudge_<name>.json``."""
-    from ..pipeline import write_atomic, write_json
 
     t0 = time.perf_counter()
     stem = _stem(judge_name, tag)
@@ -149,7 +149,6 @@ def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, t
     the per-seed ``runs`` and ``results`` = mean ± 95 % interval per variant (``eval.seeds``).
     An earlier re-judging with the same judge and tag is refused unless ``force``.
     """
-    from ..pipeline import write_json
     from ..registry import JUDGES
     from .seeds import summarize
 
