@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, UserError
-from .engines import Job, make_engine
+from .engines import Job, make_engine, preflight
 from .spec import (DEFAULT_FA_MARGIN, EXECUTION_KEYS, SweepSpec, cell_id, grid_cells, parse, short_names,
                    split_section)
 
@@ -151,6 +151,9 @@ def finished(point: Point) -> dict | None:
     metrics = RunDir(run_dir, "resume", "", None).completed("metrics.json")
     if metrics is None:
         return None
+    from ..timings import merge_timings, read_timings
+
+    metrics = merge_timings(metrics, read_timings(run_dir)) or metrics  # as run_experiment returns it
     rows = [{k: v for k, v in r.items() if k != "samples"} for r in metrics.get("results", [])]
     return {"ok": True, "results": rows, "reused": True}
 
@@ -210,6 +213,7 @@ def run_sweep(config, overrides: list[str] = (), *, out: str | None = None, engi
         spec.num_gpus = num_gpus
     if spec.address is not None and spec.engine != "ray":
         raise ConfigError(f"--address is for --engine ray (the engine is {spec.engine})")
+    preflight(spec)
     variants = _check_base(base, spec)
     if spec.search == "optuna":
         from .search import run_search
@@ -561,13 +565,15 @@ def draw(sweep_dir: Path, spec: SweepSpec, summary: list[dict]) -> list[Path]:
                 for gi, (rest, es) in enumerate(groups.items()):
                     es.sort(key=lambda e: order.index(json.dumps(e["cell"][key], sort_keys=True)))
                     x = [xs[json.dumps(e["cell"][key], sort_keys=True)] for e in es]
+                    if not numeric:  # categories: no line between them, variants side by side
+                        x = [a + 0.08 * (vi - (len(variants) - 1) / 2) for a in x]
                     y = [e["metrics"][metric]["mean"] for e in es]
                     lo = [e["metrics"][metric]["lo"] for e in es]
                     hi = [e["metrics"][metric]["hi"] for e in es]
                     tag = v if len(groups) == 1 else f"{v} ({_rest_label(rest, names)})"
                     color = PALETTE[vi % len(PALETTE)]
                     style = ("-", "--", ":", "-.")[gi % 4]
-                    ax.plot(x, y, style, marker="o", color=color, label=tag)
+                    ax.plot(x, y, style if numeric else "none", marker="o", color=color, label=tag)
                     if all(a is not None for a in lo + hi):
                         if numeric and len(x) > 1:
                             ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)

@@ -116,9 +116,17 @@ class RayEngine:
         import logging
 
         common = dict(include_dashboard=False, logging_level=logging.WARNING, ignore_reinit_error=False)
+        self._env = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN",)}
         if self.address in (None, "local"):
             # short path: Ray's unix sockets live under it (at most 107 characters)
             self.tmp = tempfile.mkdtemp(prefix="panacea-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+            if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                    or (Path.home() / ".ray" / "auth_token").exists()):
+                # a new local cluster enables token authentication and would save a token in
+                # ~/.ray/auth_token; this cluster's token lives in the environment of its processes
+                import secrets
+
+                os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
             cpus = self.local_cpus or os.cpu_count() or 1
             try:
                 ray.init(num_cpus=cpus, _temp_dir=self.tmp, **common)
@@ -154,6 +162,11 @@ class RayEngine:
                 f"per point {self.num_cpus:g} CPU, {self.num_gpus:g} GPU; {self.slots} at a time")
 
     def _cleanup(self):
+        for k, v in getattr(self, "_env", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
@@ -255,6 +268,27 @@ class SlurmEngine:
                 first = _one_line(e).replace("\\n", " ")[:300]
                 out = {"ok": False, "error": f"slurm job {sj.job_id}: {first} (log: {sj.paths.stderr})"}
             yield job, out
+
+
+def preflight(spec) -> None:
+    """What can be checked about the engine before anything is written: its package, the Ray
+    address (it accepts connections), the SLURM cluster kind and ``sbatch``."""
+    import importlib.util
+
+    if spec.engine == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("--engine ray needs ray: pip install 'panacea[sweep]'")
+        if spec.address not in (None, "local"):
+            check_address(spec.address)
+    if spec.engine == "slurm":
+        if importlib.util.find_spec("submitit") is None:
+            raise UserError("--engine slurm needs submitit: pip install 'panacea[sweep]'")
+        cluster = str(spec.slurm.get("cluster", "slurm"))
+        if cluster not in ("slurm", "local", "debug"):
+            raise UserError(f"sweep.slurm.cluster must be slurm, local or debug, got {cluster!r}")
+        if cluster == "slurm" and shutil.which("sbatch") is None:
+            raise UserError("--engine slurm: no sbatch on this machine (not a SLURM login node); "
+                            "sweep.slurm.cluster=local runs the jobs as local processes")
 
 
 def make_engine(name: str, spec, sweep_dir: Path, force: bool = False):

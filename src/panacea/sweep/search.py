@@ -84,7 +84,7 @@ def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, vari
         sampler = optuna.samplers.TPESampler(seed=sampler_seed, constraints_func=_constraints)
         study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{sweep_dir / 'study.db'}",
                                     direction="maximize", sampler=sampler, load_if_exists=True)
-        for t in study.get_trials(deep_copy=False, states=(TrialState.RUNNING,)):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # cut off by an interruption: fail it, try its values again first (its run resumes)
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -92,7 +92,7 @@ def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, vari
         points_of: dict[int, list] = {}
 
         def counted():
-            return [t for t in study.get_trials(deep_copy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                     if not t.user_attrs.get("interrupted")]
 
         with make_engine(spec.engine, spec, sweep_dir) as eng:
@@ -186,7 +186,7 @@ def _best(study, spec: SweepSpec) -> dict | None:
     from optuna.trial import TrialState
 
     best = None
-    for t in study.get_trials(deep_copy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         c = t.user_attrs.get("constraint", [1.0])
         if c[0] > 0 or t.value is None:
             continue
