@@ -167,7 +167,7 @@ def load(config, overrides: list[str], out: str | None) -> tuple[dict, dict, Swe
     from ..paths import expand_path
 
     raw = dict(config) if isinstance(config, dict) else read_yaml(config)
-    base, section = split_section(raw, list(overrides))
+    base, section = split_section(raw, list(overrides), None if isinstance(config, dict) else config)
     spec = parse(section, base)
     base.pop("seeds", None)  # the sweep runs each seed as its own point
     where = out or spec.output_dir or base.pop("output_dir", None) or f"runs/sweeps/{base.get('name', 'experiment')}"
@@ -232,6 +232,25 @@ def run_sweep(config, overrides: list[str] = (), *, out: str | None = None, engi
         outcomes = execute(points, spec, sweep_dir, say)
         res = finish(rd, base, spec, points, outcomes, say)
     return res
+
+
+def validate_sweep(config, overrides: list[str] = (), check_data: bool = False) -> list[Point]:
+    """Every point of a sweep YAML built and validated (config, names, defenses' options; the data
+    too with ``check_data``), without running or writing anything. Returns the points (a search:
+    the ends of its ranges)."""
+    from ..registry import load_builtins
+
+    load_builtins()
+    base, section, spec, sweep_dir = load(config, overrides, None)
+    variants = _check_base(base, spec)
+    planner = Planner(base, spec, sweep_dir)
+    if spec.search == "optuna":
+        from .search import _endpoint_cells
+
+        if spec.target is None and not [v for v in (spec.variants or variants) if v != spec.baseline]:
+            raise ConfigError("sweep.target: name the variant whose worst case is searched")
+        return [planner.point(c, planner.seeds[0], "sweep.space", check_data) for c in _endpoint_cells(spec.space)]
+    return [planner.point(c, s, "sweep.grid", check_data) for c in grid_cells(spec) for s in planner.seeds]
 
 
 def open_sweep_dir(sweep_dir: Path, base: dict, section: dict, force: bool):

@@ -28,7 +28,7 @@ ENGINES = ("local", "ray", "slurm")
 SEARCHES = ("grid", "optuna")
 
 #: keys of the sweep section
-KEYS = {"grid", "seeds", "variants", "baseline", "fa_margin", "search", "space", "trials", "target",
+KEYS = {"base", "grid", "seeds", "variants", "baseline", "fa_margin", "search", "space", "trials", "target",
         "sampler_seed", "parallel", "engine", "address", "num_gpus", "num_cpus", "slurm", "output_dir"}
 #: keys that say how and where points run, or how finished points are read: not part of a sweep's
 #: identity (changing them resumes the same sweep)
@@ -171,9 +171,24 @@ def _number(key: str, value, kind=float):
     return f
 
 
-def split_section(raw: dict, overrides: list[str]) -> tuple[dict, dict]:
+def merge(under: dict, over: dict) -> dict:
+    """``over``'s keys on top of ``under``, mappings merged key by key, anything else replaced."""
+    out = copy.deepcopy(under)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def split_section(raw: dict, overrides: list[str], origin=None) -> tuple[dict, dict]:
     """(experiment mapping, sweep mapping) from a sweep YAML's mapping and the command's overrides
-    (``sweep.<key>=v`` edits the sweep section, anything else the experiment)."""
+    (``sweep.<key>=v`` edits the sweep section, anything else the experiment).
+
+    ``sweep.base: FILE`` names an experiment YAML (relative to the sweep file's folder ``origin``,
+    else to the working folder) that the sweep file's own top-level keys are merged over."""
+    from pathlib import Path
+
+    from ..config import read_yaml
+
     raw = copy.deepcopy(raw)
     raw = apply_overrides(raw, [o for o in overrides if o.split("=", 1)[0].strip().startswith("sweep.")])
     base_overrides = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("sweep.")]
@@ -182,6 +197,16 @@ def split_section(raw: dict, overrides: list[str]) -> tuple[dict, dict]:
         raise ConfigError("sweep: the config has no sweep: section (docs/sweeps.md)")
     if not isinstance(section, dict):
         raise ConfigError(f"sweep must be a mapping, got {type(section).__name__}")
+    if section.get("base") is not None:
+        if not isinstance(section["base"], str):
+            raise ConfigError("sweep.base must be the path of an experiment YAML")
+        path = Path(section["base"])
+        if not path.is_absolute() and origin is not None and (Path(origin).parent / path).is_file():
+            path = Path(origin).parent / path
+        under = read_yaml(path)
+        if "sweep" in under:
+            raise ConfigError(f"sweep.base: {section['base']} holds a sweep: section itself; name an experiment YAML")
+        raw = merge(under, raw)
     raw = apply_overrides(raw, base_overrides)
     check_tree(raw)
     return raw, section
