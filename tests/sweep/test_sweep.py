@@ -139,6 +139,16 @@ def test_optuna_search_two_trials_resumes_and_writes_a_runnable_best_attack(tiny
     # again: the study holds its 2 trials, nothing more runs
     assert main(args) == 0
     assert len(optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}").trials) == 2
+    # a trial cut off by an interruption (left RUNNING) is failed and its values are tried first when
+    # the budget grows; they are trial 0's, whose point is finished: read back, not recomputed
+    study.enqueue_trial(study.trials[0].params)
+    cut = study.ask()
+    assert main([*args, "sweep.trials=3"]) == 0
+    trials = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[cut.number].user_attrs["interrupted"] is True
+    assert trials[3].params == trials[0].params and trials[3].value == trials[0].value
+    assert "every point is finished; nothing to run" in capsys.readouterr().out
 
 
 def _home_listing():

@@ -229,7 +229,11 @@ def run_sweep(config, overrides: list[str] = (), *, out: str | None = None, engi
     with open_sweep_dir(sweep_dir, base, section, force) as rd:
         rd.set_status("running", points=len(runs), engine=spec.engine)
         say(plan_text(spec, points, sweep_dir, runs))
-        outcomes = execute(points, spec, sweep_dir, say)
+        try:
+            outcomes = execute(points, spec, sweep_dir, say, force)
+        except BaseException as e:  # interrupted: the same command resumes
+            rd.set_status("failed", error=f"{type(e).__name__}: {e}", resumable=True)
+            raise
         res = finish(rd, base, spec, points, outcomes, say)
     return res
 
@@ -281,8 +285,19 @@ def plan_text(spec: SweepSpec, points: list[Point], sweep_dir: Path, runs: list[
     return "\n".join(lines)
 
 
-def execute(points: list[Point], spec: SweepSpec, sweep_dir: Path, say) -> dict[str, dict]:
-    """Run every point not finished yet on the engine; outcome per run id."""
+def _other_config(point: Point) -> bool:
+    """The point's folder holds a run of another config (replaced only under ``--force``)."""
+    from ..rundir import config_digest, read_marker
+
+    marker = read_marker(Path(point.config["output_dir"]))
+    return marker is not None and marker.get("config_sha256") != config_digest(point.resolved)
+
+
+def execute(points: list[Point], spec: SweepSpec, sweep_dir: Path, say, force: bool = False,
+            engine=None) -> dict[str, dict]:
+    """Run every point not finished yet on ``engine`` (an open one, else ``spec.engine`` opened
+    for these points); outcome per run id. ``force`` replaces the run directories that hold
+    another config (a finished point of the same config is read)."""
     outcomes: dict[str, dict] = {}
     todo: list[Job] = []
     for p in points:
@@ -292,17 +307,23 @@ def execute(points: list[Point], spec: SweepSpec, sweep_dir: Path, say) -> dict[
         if prev is not None:
             outcomes[p.id] = prev
         else:
-            todo.append(Job(p.id, p.config))
+            todo.append(Job(p.id, p.config, force=force and _other_config(p)))
     if not todo:
         say("sweep: every point is finished; nothing to run")
         return outcomes
+    if engine is not None:
+        return _run_jobs(engine, todo, outcomes, say)
     with make_engine(spec.engine, spec, sweep_dir) as eng:
         say(f"sweep: {len(todo)} point(s) to run on {eng.describe()}")
-        t0 = time.perf_counter()
-        for i, (job, out) in enumerate(eng.run(todo), 1):
-            outcomes[job.id] = out
-            state = "done" if out.get("ok") else f"FAILED: {out.get('error')}"
-            say(f"sweep: [{i}/{len(todo)}] points/{job.id}: {state} ({time.perf_counter() - t0:.0f} s)")
+        return _run_jobs(eng, todo, outcomes, say)
+
+
+def _run_jobs(eng, todo: list[Job], outcomes: dict, say) -> dict:
+    t0 = time.perf_counter()
+    for i, (job, out) in enumerate(eng.run(todo), 1):
+        outcomes[job.id] = out
+        state = "done" if out.get("ok") else f"FAILED: {out.get('error')}"
+        say(f"sweep: [{i}/{len(todo)}] points/{job.id}: {state} ({time.perf_counter() - t0:.0f} s)")
     return outcomes
 
 

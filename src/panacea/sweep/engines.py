@@ -27,6 +27,8 @@ class Job:
     """The point's folder name under ``<sweep>/points/``."""
     config: dict
     """The point's full experiment mapping (``output_dir`` is its run directory)."""
+    force: bool = False
+    """Replace the run directory (it holds a run of another config and the sweep has ``--force``)."""
 
 
 def _one_line(e: BaseException) -> str:
@@ -72,7 +74,7 @@ class LocalEngine:
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[Job, dict]]:
         for job in jobs:
-            yield job, run_point(job.config, self.force)
+            yield job, run_point(job.config, job.force)
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -184,7 +186,7 @@ class RayEngine:
 
         task = ray.remote(run_point).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
                                              name="panacea-sweep-point")
-        pending = {task.remote(job.config, self.force): job for job in jobs}
+        pending = {task.remote(job.config, job.force): job for job in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -259,7 +261,7 @@ class SlurmEngine:
         submitted = {}
         for job in jobs:
             self.executor.update_parameters(name=f"panacea-{job.id}"[:100])
-            submitted[self.executor.submit(run_point, job.config, self.force)] = job
+            submitted[self.executor.submit(run_point, job.config, job.force)] = job
         for sj in submitit.helpers.as_completed(list(submitted), poll_frequency=2):
             job = submitted[sj]
             try:

@@ -56,7 +56,9 @@ def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, vari
     for r in spec.space:
         if r.kind == "categorical" and not all(v is None or isinstance(v, (bool, int, float, str)) for v in r.choices):
             raise ConfigError(f"sweep.space.{r.key}.choices: only numbers, strings, booleans and null can be searched")
-    target = spec.target or next((v for v in (spec.variants or variants) if v != spec.baseline), None)
+    # default: the first compared variant that was fine-tuned on the attack (not an aligned model)
+    aligned = {"aligned", "base", *((base.get("alignment") or {}).get("variants") or {})}
+    target = spec.target or next((v for v in (spec.variants or variants) if v != spec.baseline and v not in aligned), None)
     if target is None:
         raise ConfigError("sweep.target: name the variant whose worst case is searched (a defense, not the baseline)")
     spec.target = target
@@ -113,7 +115,7 @@ def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, vari
                     points_of[tr.number] = pts
                     jobs[tr.number] = (tr, pts)
                     todo += pts
-                outcomes = execute(todo, spec, sweep_dir, say) if todo else {}
+                outcomes = execute(todo, spec, sweep_dir, say, force, engine=eng) if todo else {}
                 for n, (tr, pts) in jobs.items():
                     _tell(study, tr, pts, outcomes, spec, say)
         # the table: every counted trial, its points read back from their run directories
