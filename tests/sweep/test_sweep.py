@@ -135,6 +135,10 @@ def test_optuna_search_two_trials_resumes_and_writes_a_runnable_best_attack(tiny
     assert cfg.finetune.data.poison_ratio == params["finetune.data.poison_ratio"]
     assert cfg.finetune.train.num_train_epochs == params["finetune.train.num_train_epochs"]
     assert main(["validate", str(best)]) == 0
+    # `panacea run` on it reproduces the best trial's point
+    assert main(["run", str(best), f"output_dir={tmp_path / 'worst'}"]) == 0
+    rerun = {r["name"]: r for r in json.loads((tmp_path / "worst" / "metrics.json").read_text())["results"]}
+    assert rerun["panacea"]["harmful_score"] == summary["best_trial"]["value"]
     capsys.readouterr()
     # again: the study holds its 2 trials, nothing more runs
     assert main(args) == 0
@@ -192,3 +196,20 @@ def test_submitit_local_executor(tiny_dir, tmp_path, capsys):
     assert (out / "points" / "poison_ratio-0.25" / "metrics.json").is_file()
     assert any((out / "slurm").iterdir())  # submitit's job folders (logs, pickles)
     assert _home_listing() == before
+
+
+def test_points_get_the_shared_stage_cache_when_the_config_has_cache_dir(tmp_path, monkeypatch):
+    """The stage cache switches on by itself once ExperimentConfig has a top-level cache_dir."""
+    import panacea.sweep as sweep_mod
+    from panacea.sweep.spec import parse
+
+    base = {"name": "x", "finetune": {"data": {"poison_ratio": 0.1}}}
+    spec = parse({"grid": {"finetune.data.poison_ratio": [0.1, 0.2]}}, base)
+    planner = sweep_mod.Planner(base, spec, tmp_path)
+    has = sweep_mod._has_cache_dir()
+    assert ("cache_dir" in planner.raw_config({"finetune.data.poison_ratio": 0.2}, 43)[2]) == has
+    monkeypatch.setattr(sweep_mod, "_has_cache_dir", lambda: True)
+    cid, pid, raw = planner.raw_config({"finetune.data.poison_ratio": 0.2}, 43)
+    assert raw["cache_dir"] == str(tmp_path / "cache") and pid == cid == "poison_ratio-0.2"
+    assert raw["output_dir"] == str(tmp_path / "points" / "poison_ratio-0.2")
+    assert raw["finetune"]["data"]["poison_ratio"] == 0.2 and raw["seed"] == 43

@@ -93,7 +93,6 @@ class Planner:
         self.seeds = spec.seeds or [int(base.get("seed", 43))]
         self.names = short_names(spec.swept_keys())
         self._by_digest: dict[str, str] = {}
-        self._ids: set[str] = set()
         self._pools: dict = {}
 
     def point(self, cell: dict, seed: int, where: str, check_data: bool = True, trial: int | None = None) -> Point:
@@ -101,20 +100,7 @@ class Planner:
         from ..pipeline import Context, Plan
         from ..rundir import config_digest
 
-        cid = cell_id(cell, self.names)
-        raw = copy.deepcopy(self.base)
-        for k, v in cell.items():
-            set_dotted(raw, k, v)
-        raw["seed"] = seed
-        if self.spec.variants:
-            variants = list(self.spec.variants)
-            if self.spec.baseline not in variants:
-                variants.append(self.spec.baseline)
-            set_dotted(raw, "eval.variants", variants)
-        if _has_cache_dir():  # points share their stages (content-addressed cache)
-            raw["cache_dir"] = str(self.sweep_dir / "cache")
-        pid = cid if self.spec.seeds is None else f"{cid}__seed-{seed}"
-        raw["output_dir"] = str(self.sweep_dir / "points" / pid)
+        cid, pid, raw = self.raw_config(cell, seed)
         try:
             cfg, _ = load_config(raw)
             plan = Plan(cfg)
@@ -138,6 +124,24 @@ class Planner:
             raise ConfigError(f"{key}: {missing[0]!r} is not a variant of the experiment; "
                               f"variants: {', '.join(plan.variants)}")
         return Point(cell, cid, seed, pid, raw, resolved, list(plan.variants), trial)
+
+    def raw_config(self, cell: dict, seed: int) -> tuple[str, str, dict]:
+        """(cell id, point folder name, experiment mapping) of ``cell`` at ``seed``, unvalidated."""
+        cid = cell_id(cell, self.names)
+        raw = copy.deepcopy(self.base)
+        for k, v in cell.items():
+            set_dotted(raw, k, v)
+        raw["seed"] = seed
+        if self.spec.variants:
+            variants = list(self.spec.variants)
+            if self.spec.baseline not in variants:
+                variants.append(self.spec.baseline)
+            set_dotted(raw, "eval.variants", variants)
+        if _has_cache_dir():  # points share their stages (content-addressed cache)
+            raw["cache_dir"] = str(self.sweep_dir / "cache")
+        pid = cid if self.spec.seeds is None else f"{cid}__seed-{seed}"
+        raw["output_dir"] = str(self.sweep_dir / "points" / pid)
+        return cid, pid, raw
 
 
 def finished(point: Point) -> dict | None:
@@ -613,7 +617,7 @@ def draw(sweep_dir: Path, spec: SweepSpec, summary: list[dict]) -> list[Path]:
                     tag = v if len(groups) == 1 else f"{v} ({_rest_label(rest, names)})"
                     color = PALETTE[vi % len(PALETTE)]
                     style = ("-", "--", ":", "-.")[gi % 4]
-                    ax.plot(x, y, style if numeric else "none", marker="o", color=color, label=tag)
+                    ax.plot(x, y, linestyle=style if numeric else "none", marker="o", color=color, label=tag)
                     if all(a is not None for a in lo + hi):
                         if numeric and len(x) > 1:
                             ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
