@@ -16,7 +16,7 @@ import copy
 from pathlib import Path
 
 from ..errors import ConfigError, UserError
-from .engines import Job, make_engine
+from .engines import make_engine
 from .spec import Range, SweepSpec
 
 
@@ -47,7 +47,7 @@ def _endpoint_cells(space: list[Range]) -> list[dict]:
 
 def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, variants: list[str], *,
                force: bool = False, dry_run: bool = False, say=print) -> dict:
-    from . import Planner, execute, finish, finished, open_sweep_dir, table_rows  # noqa: F401
+    from . import Planner, finish, finished, open_sweep_dir
 
     try:
         import optuna
@@ -97,27 +97,12 @@ def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, vari
             return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                     if not t.user_attrs.get("interrupted")]
 
-        with make_engine(spec.engine, spec, sweep_dir) as eng:
-            slots = spec.parallel or (1 if spec.engine == "local" else min(eng.slots, 4))
-            say(f"search: {eng.describe()}; {slots} trial(s) at a time")
-            while len(counted()) < spec.trials:
-                batch = [study.ask() for _ in range(min(slots, spec.trials - len(counted())))]
-                jobs, todo = {}, []
-                for tr in batch:
-                    cell = {r.key: _suggest(tr, r) for r in spec.space}
-                    try:
-                        pts = [planner.point(cell, s, f"trial {tr.number}", trial=tr.number) for s in planner.seeds]
-                    except UserError as e:
-                        tr.set_user_attr("error", str(e))
-                        study.tell(tr, state=TrialState.FAIL)
-                        say(f"search: trial {tr.number} FAILED: {e}")
-                        continue
-                    points_of[tr.number] = pts
-                    jobs[tr.number] = (tr, pts)
-                    todo += pts
-                outcomes = execute(todo, spec, sweep_dir, say, force, engine=eng) if todo else {}
-                for n, (tr, pts) in jobs.items():
-                    _tell(study, tr, pts, outcomes, spec, say)
+        if len(counted()) < spec.trials:  # else: the budget is spent, no engine is started
+            try:
+                _run_trials(study, planner, spec, sweep_dir, counted, points_of, force, say)
+            except BaseException as e:  # interrupted: the same command resumes
+                rd.set_status("failed", error=f"{type(e).__name__}: {e}", resumable=True)
+                raise
         # the table: every counted trial, its points read back from their run directories
         all_points, outcomes = [], {}
         for t in counted():
@@ -146,6 +131,35 @@ def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, vari
             say(f"search: worst attack for {target}: trial {best['number']} HS {best['value']:.1f} "
                 f"({', '.join(f'{k}={v}' for k, v in best['params'].items())}) → {sweep_dir / extra['best_attack']}")
     return res
+
+
+def _run_trials(study, planner, spec: SweepSpec, sweep_dir: Path, counted, points_of: dict, force: bool, say) -> None:
+    """Ask, run and tell trials, ``sweep.parallel`` at a time, until ``sweep.trials`` are counted."""
+    from optuna.trial import TrialState
+
+    from . import execute
+
+    with make_engine(spec.engine, spec, sweep_dir) as eng:
+        slots = spec.parallel or (1 if spec.engine == "local" else min(eng.slots, 4))
+        say(f"search: {eng.describe()}; {slots} trial(s) at a time")
+        while len(counted()) < spec.trials:
+            batch = [study.ask() for _ in range(min(slots, spec.trials - len(counted())))]
+            jobs, todo = {}, []
+            for tr in batch:
+                cell = {r.key: _suggest(tr, r) for r in spec.space}
+                try:
+                    pts = [planner.point(cell, s, f"trial {tr.number}", trial=tr.number) for s in planner.seeds]
+                except UserError as e:  # e.g. a sampled size the data cannot give: this trial fails
+                    tr.set_user_attr("error", str(e))
+                    study.tell(tr, state=TrialState.FAIL)
+                    say(f"search: trial {tr.number} FAILED: {e}")
+                    continue
+                points_of[tr.number] = pts
+                jobs[tr.number] = (tr, pts)
+                todo += pts
+            outcomes = execute(todo, spec, sweep_dir, say, force, engine=eng) if todo else {}
+            for tr, pts in jobs.values():
+                _tell(study, tr, pts, outcomes, spec, say)
 
 
 def _tell(study, tr, pts, outcomes, spec: SweepSpec, say) -> None:
