@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,7 @@ def _hints(cls) -> dict:
 
 def _unwrap(tp):
     origin = typing.get_origin(tp)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if origin is typing.Union or origin is types.UnionType:
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return _unwrap(inner[0]) if inner else tp
     return tp
@@ -135,16 +136,14 @@ def check_key(base: dict, dotted: str, where: str) -> None:
                 raise ConfigError(f"{where}: unknown config key {sofar!r}{_did_you_mean(part, known)}; "
                                   f"known: {', '.join(known)}")
         elif typing.get_origin(tp) is dict:
-            if part == "*":
-                raise ConfigError(f"{where}: wildcards are not supported ({sofar!r})")
+            if typing.get_args(tp)[1] is Any:  # free keys (a run's train overrides, judge options)
+                return
             entries = list(node) if isinstance(node, dict) else []
             if part not in entries:
                 choices = ", ".join(entries) or "none in this config"
                 raise ConfigError(f"{where}: {sofar!r} is not in the config{_did_you_mean(part, entries)}; "
                                   f"entries: {choices}")
             cls = typing.get_args(tp)[1]
-            if cls is Any:
-                return
         else:  # a leaf (number, string, list, Any) with more parts below it
             if tp is Any:
                 return
