@@ -24,6 +24,13 @@ def test_every_shipped_config_validates(path):
         for quick in (False, True):
             Plan(build(read_yaml(path), quick=quick)[0])
         return
+    from panacea.config import read_yaml
+
+    if "sweep" in read_yaml(path):
+        from panacea.sweep import validate_sweep  # an experiment (or sweep.base) + a sweep section
+
+        assert validate_sweep(path)  # every point's config, names and options (no data: GPU presets)
+        return
     cfg, _ = load_config(path)
     Plan(cfg)  # defenses, options and judge resolve
     again, _ = load_config(None, [])  # defaults validate too

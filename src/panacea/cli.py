@@ -14,6 +14,8 @@
     panacea record RUN [RUN ...] results/NAME       keep finished runs' config, metrics, answers, provenance
     panacea tables [results] [--write F --readme F] markdown tables (mean ± 95% over seeds) from results/
     panacea bench [CONFIG] [--quick] [--dry-run]    every defense compared, overhead, plots, report
+    panacea sweep CONFIG [key=value ...] [--engine local|ray|slurm] [--dry-run]
+                                                    a grid or Optuna search of experiments, worst case per defense
     panacea plot RESULTS.json | RUN                 redraw the bench plots, or a run's results.md and hs_fa.png
     panacea compare RUN [RUN ...] [--out DIR]       several finished runs in one table and one plot
     panacea --version                               the installed version
@@ -54,6 +56,8 @@ EPILOG = """examples:
   panacea rejudge runs/demo --judge gate --judge-option then=llm --judge-option then_options.threshold=0.7
   panacea compare runs/demo runs/tiny --out runs/compare/demo-vs-tiny
   panacea bench --quick --dry-run
+  panacea sweep configs/sweeps/cpu.yaml --dry-run
+  panacea sweep configs/sweeps/cpu.yaml --engine ray --address auto
 """
 
 
@@ -147,6 +151,36 @@ def _parser() -> argparse.ArgumentParser:
                         "evaluations are kept (checked against their checksums), the rest runs")
     b.add_argument("--dry-run", action="store_true",
                    help="print the plan and the time estimate, then exit without writing anything")
+    sw = sub.add_parser("sweep", help="a grid (or an Optuna search) of experiments: one table, plots, worst case per defense",
+                        description="Run CONFIG (an experiment plus a `sweep:` section, docs/sweeps.md) at every "
+                        "grid point × seed, each a normal run directory OUT/points/<point>/, and write OUT/table.csv "
+                        "and table.json (one row per point × seed × variant, every metric with its interval), "
+                        "OUT/plots/<key>.png (HS and FA against each swept key) and OUT/sweep.md with each "
+                        "defense's worst case: its highest HS over the points where its FA stays within "
+                        "sweep.fa_margin (default 3 points) of the baseline's (sweep.baseline, default sft) at "
+                        "the same point. `sweep.search: optuna` searches sweep.space ranges for the worst attack "
+                        "instead (sweep.trials, sweep.target; OUT/study.db resumes, OUT/best_attack.yaml "
+                        "reproduces the best). The same command resumes an interrupted sweep; finished points "
+                        "are never recomputed. Exit code 1 when a point failed (the others are in the table).")
+    _config_args(sw, "sweep YAML: an experiment with a sweep: section")
+    sw.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted overrides; sweep.<key>=... edits the sweep section, e.g. 'sweep.seeds=[43,44]'")
+    sw.add_argument("--engine", choices=["local", "ray", "slurm"],
+                    help="local (default: one point after another in this process), ray (Ray tasks on --address "
+                    "or a local Ray cluster) or slurm (SLURM jobs through submitit, sweep.slurm: {partition, "
+                    "gpus_per_node, timeout_min, ...}); default: sweep.engine")
+    sw.add_argument("--address", help="--engine ray: the Ray cluster (HOST:PORT, ray://HOST:PORT or auto); "
+                    "without it a local Ray cluster is started (sweep.parallel CPUs, default all)")
+    sw.add_argument("--num-gpus", "--num_gpus", dest="num_gpus", type=float, metavar="N",
+                    help="GPUs per point for --engine ray/slurm (default sweep.num_gpus; unset: 1 on a cluster "
+                    "with GPUs, 0 without)")
+    sw.add_argument("--out", "--output_dir", "--output-dir", dest="out",
+                    help="the sweep folder (default: sweep.output_dir, else output_dir, else runs/sweeps/<name>)")
+    sw.add_argument("--force", action="store_true",
+                    help="reuse a folder that holds another sweep (or points of another config); finished points "
+                    "of the same config are still read, not recomputed")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="validate every point (config, options, data) and print the plan, without writing anything")
     pl = sub.add_parser("plot", help="redraw the plots of a bench (results.json) or of a finished run (RUN)",
                         description="Redraw hs_vs_fa.png and overhead.png next to RESULTS (a bench results.json), "
                         "or a finished run's results.md and hs_fa.png (RESULTS: the run directory).")
@@ -456,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides or []) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if args.cmd in ("run", "validate", "bench"):
+        if args.cmd in ("run", "validate", "bench", "sweep"):
             resolve_config_args(args, "configs/bench.yaml" if args.cmd == "bench" else None)
     except UserError as e:
         _error(str(e))
@@ -492,6 +526,15 @@ def main(argv: list[str] | None = None) -> int:
             print(format_bench(res))
             print(f"→ {args.out}/results.json, {args.out}/report.md")
             return 0
+        if args.cmd == "sweep":
+            from .sweep import run_sweep
+
+            res = run_sweep(args.config, args.overrides, out=args.out, engine=args.engine, address=args.address,
+                            num_gpus=args.num_gpus, force=args.force, dry_run=args.dry_run)
+            if args.dry_run:
+                print(f"dry run: nothing was written; without --dry-run the sweep writes {res['sweep_dir']}/")
+                return 0
+            return 1 if res["failed"] else 0
         if args.cmd == "record":
             from .results import record
 

@@ -1,0 +1,214 @@
+"""``panacea sweep``: a grid on the local engine (resume, table, plots, worst case), bad input
+(one line, exit 2, nothing written), an Optuna search of 2 trials, a 2-worker local Ray cluster
+with a failing point, and submitit's local executor. All on the tiny random model, lean settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from panacea.cli import main
+
+ROOT = Path(__file__).parents[2]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+# one optimizer step per stage, three prompts per evaluation: a point takes a few seconds
+LEAN = ["post={}", "eval.benign=null", "eval.harmful.n=3", "eval.utility.n=3", "eval.max_new_tokens=4",
+        "finetune.data.n=8", "alignment.data.n=8", "alignment.benign=null"]
+P_GRID = "sweep.grid={finetune.data.poison_ratio: [0.25, 0.5]}"
+
+
+def sweep(tiny_dir, out, *extra):
+    return ["sweep", TINY, f"model.name_or_path={tiny_dir}", *LEAN, "--out", str(out), *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("panacea: error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_local_table_plots_worst_case_and_resume(tiny_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "grid"
+    grid = ("sweep.grid=[{finetune.data.poison_ratio: [0.25, 0.5]}, "
+            "{finetune.data.attack: [poison_mix, benign]}]")
+    assert main(sweep(tiny_dir, out, grid, "sweep.variants=[sft, panacea]")) == 0
+    # attack=poison_mix at the base ratio is the experiment of poison_ratio=0.25: one run for both
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["attack-benign", "poison_ratio-0.25",
+                                                                  "poison_ratio-0.5"]
+    rows = read_csv(out / "table.csv")
+    assert len(rows) == 4 * 2  # 4 grid points × 1 seed × 2 variants
+    assert {r["variant"] for r in rows} == {"sft", "panacea"} and {r["status"] for r in rows} == {"done"}
+    cols = list(rows[0])
+    for c in ("finetune.data.poison_ratio", "finetune.data.attack", "seed", "harmful_score", "harmful_score_lo",
+              "harmful_score_hi", "finetune_accuracy", "finetune_accuracy_lo", "finetune_accuracy_hi"):
+        assert c in cols
+    assert cols.index("harmful_score_lo") < cols.index("harmful_score_hi")
+    table = json.loads((out / "table.json").read_text())
+    assert len(table["rows"]) == 8
+    summary = json.loads((out / "summary.json").read_text())
+    worst = summary["worst_case"]
+    assert set(worst) == {"sft", "panacea"} and summary["fa_margin"] == 3.0
+    for w in worst.values():
+        assert w["point"] in {"poison_ratio-0.25", "poison_ratio-0.5", "attack-poison_mix", "attack-benign"}
+        assert w["eligible"] >= 1 and w["fa_checked"] is True
+    assert (out / "plots" / "poison_ratio.png").stat().st_size > 0 and (out / "plots" / "attack.png").exists()
+    assert "Worst case per variant" in (out / "sweep.md").read_text()
+    capsys.readouterr()
+
+    # the same command again: every point is read back, none is run
+    import panacea.sweep.engines as engines
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished point was run again")
+
+    monkeypatch.setattr(engines, "run_point", no_run)
+    assert main(sweep(tiny_dir, out, grid, "sweep.variants=[sft, panacea]")) == 0
+    assert "every point is finished; nothing to run" in capsys.readouterr().out
+    assert read_csv(out / "table.csv") == rows
+    # another sweep in the same folder is refused, naming the key
+    assert main(sweep(tiny_dir, out, P_GRID)) == 2
+    assert "sweep.grid" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["sweep.grid={finetune.data.poison_ration: [0.1]}"],
+     "sweep.grid.finetune.data.poison_ration: unknown config key 'finetune.data.poison_ration' (did you mean poison_ratio?)"),
+    (["sweep.grid={finetune.runs.panacae.rho: [1, 2]}"], "'finetune.runs.panacae' is not in the config (did you mean panacea?)"),
+    (["sweep.grid={finetune.data.poison_ratio: []}"], "sweep.grid.finetune.data.poison_ratio: empty list of values"),
+    (["sweep.grid={}"], "sweep.grid is empty"),
+    (["sweep.search=optuna", "sweep.space={finetune.train.learning_rate: {low: 1.0e-3, high: 1.0e-5, log: true}}"],
+     "sweep.space.finetune.train.learning_rate: low 0.001 > high 1e-05"),
+    # benign takes no poison ratio: a run that sets one cannot face it
+    (["sweep.grid={finetune.data.attack: [poison_mix, benign]}", "finetune.runs.sft.poison_ratio=0.5"],
+     "finetune.runs.sft.poison_ratio: attack benign takes no poison ratio"),
+    ([P_GRID, "--engine", "ray", "--address", "127.0.0.1:{port}"], "--address 127.0.0.1:{port}: no Ray cluster reachable"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tiny_dir, tmp_path, capsys, extra, expected):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = [e.replace("{port}", str(port)) for e in extra]
+    out = tmp_path / "bad"
+    assert main(sweep(tiny_dir, out, *extra)) == 2
+    assert expected.replace("{port}", str(port)) in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert main(sweep(tiny_dir, out, P_GRID, "sweep.seeds=[43, 44]", "--dry-run")) == 0
+    text = capsys.readouterr().out
+    assert "2 grid point(s) × 2 seed(s) = 4 point(s)" in text
+    assert "points/poison_ratio-0.5__seed-44: to run" in text
+    assert not out.exists()
+
+
+def test_optuna_search_two_trials_resumes_and_writes_a_runnable_best_attack(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "search"
+    args = sweep(tiny_dir, out, "sweep.search=optuna", "sweep.trials=2", "sweep.target=panacea",
+                 "sweep.space={finetune.data.poison_ratio: {low: 0.0, high: 0.5}, "
+                 "finetune.train.num_train_epochs: {low: 1, high: 2, type: int}}")
+    assert main(args) == 0
+    import optuna
+
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+    rows = read_csv(out / "table.csv")
+    assert {r["trial"] for r in rows} == {"0", "1"} and {r["variant"] for r in rows} >= {"sft", "panacea"}
+    best = out / "best_attack.yaml"
+    assert best.is_file()
+    from panacea.config import load_config
+
+    cfg, _ = load_config(best)
+    summary = json.loads((out / "summary.json").read_text())
+    params = summary["best_trial"]["params"]
+    assert cfg.finetune.data.poison_ratio == params["finetune.data.poison_ratio"]
+    assert cfg.finetune.train.num_train_epochs == params["finetune.train.num_train_epochs"]
+    assert main(["validate", str(best)]) == 0
+    # `panacea run` on it reproduces the best trial's point
+    assert main(["run", str(best), f"output_dir={tmp_path / 'worst'}"]) == 0
+    rerun = {r["name"]: r for r in json.loads((tmp_path / "worst" / "metrics.json").read_text())["results"]}
+    assert rerun["panacea"]["harmful_score"] == summary["best_trial"]["value"]
+    capsys.readouterr()
+    # again: the study holds its 2 trials, nothing more runs
+    assert main(args) == 0
+    assert len(optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}").trials) == 2
+    # a trial cut off by an interruption (left RUNNING) is failed and its values are tried first when
+    # the budget grows; they are trial 0's, whose point is finished: read back, not recomputed
+    study.enqueue_trial(study.trials[0].params)
+    cut = study.ask()
+    assert main([*args, "sweep.trials=3"]) == 0
+    trials = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[cut.number].user_attrs["interrupted"] is True
+    assert trials[3].params == trials[0].params and trials[3].value == trials[0].value
+    assert "every point is finished; nothing to run" in capsys.readouterr().out
+
+
+def _home_listing():
+    home = Path.home()
+    return sorted(p.name for p in home.iterdir()) if home.is_dir() else []
+
+
+def test_ray_two_workers_a_failing_point_is_reported_and_the_other_finishes(tiny_dir, tmp_path, capsys):
+    pytest.importorskip("ray")
+    before = _home_listing()
+    out = tmp_path / "ray"
+    # lr 1e30 turns the loss non-finite: that point fails at training time, the other finishes
+    code = main(sweep(tiny_dir, out, "sweep.grid={finetune.train.learning_rate: [1.0e-3, 1.0e+30]}",
+                      "sweep.parallel=2", "sweep.variants=[sft]", "finetune.runs={sft: {defense: sft}}",
+                      "finetune.train.per_device_train_batch_size=4", "finetune.train.num_train_epochs=2",
+                      "--engine", "ray"))
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "a local Ray cluster (2 CPUs, 0 GPUs); per point 1 CPU, 0 GPU; 2 at a time" in text
+    rows = read_csv(out / "table.csv")
+    by = {r["finetune.train.learning_rate"]: r for r in rows}
+    assert by["0.001"]["status"] == "done" and by["0.001"]["harmful_score"] != ""
+    assert by["1e+30"]["status"] == "failed" and "non-finite" in by["1e+30"]["error"]
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert "FAILED" in text and "1 point(s) failed" in text
+    assert _home_listing() == before
+
+
+def test_submitit_local_executor(tiny_dir, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    before = _home_listing()
+    out = tmp_path / "slurm"
+    code = main(sweep(tiny_dir, out, "sweep.grid={finetune.data.poison_ratio: [0.25]}", "sweep.variants=[sft]",
+                      "finetune.runs={sft: {defense: sft}}", "sweep.slurm={cluster: local, timeout_min: 10}",
+                      "--engine", "slurm"))
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "local processes (submitit's local executor)" in text
+    rows = read_csv(out / "table.csv")
+    assert [r["status"] for r in rows] == ["done"]
+    assert (out / "points" / "poison_ratio-0.25" / "metrics.json").is_file()
+    assert any((out / "slurm").iterdir())  # submitit's job folders (logs, pickles)
+    assert _home_listing() == before
+
+
+def test_points_get_the_shared_stage_cache_when_the_config_has_cache_dir(tmp_path, monkeypatch):
+    """The stage cache switches on by itself once ExperimentConfig has a top-level cache_dir."""
+    import panacea.sweep as sweep_mod
+    from panacea.sweep.spec import parse
+
+    base = {"name": "x", "finetune": {"data": {"poison_ratio": 0.1}}}
+    spec = parse({"grid": {"finetune.data.poison_ratio": [0.1, 0.2]}}, base)
+    planner = sweep_mod.Planner(base, spec, tmp_path)
+    has = sweep_mod._has_cache_dir()
+    assert ("cache_dir" in planner.raw_config({"finetune.data.poison_ratio": 0.2}, 43)[2]) == has
+    monkeypatch.setattr(sweep_mod, "_has_cache_dir", lambda: True)
+    cid, pid, raw = planner.raw_config({"finetune.data.poison_ratio": 0.2}, 43)
+    assert raw["cache_dir"] == str(tmp_path / "cache") and pid == cid == "poison_ratio-0.2"
+    assert raw["output_dir"] == str(tmp_path / "points" / "poison_ratio-0.2")
+    assert raw["finetune"]["data"]["poison_ratio"] == 0.2 and raw["seed"] == 43
