@@ -11,8 +11,15 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# every run now draws its plot: keep matplotlib's font cache out of the user's home folder
-os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="panacea-tests-mpl-"))
+# every run now draws its plot: keep matplotlib's font cache out of the user's home folder, in a
+# temporary folder this session creates and removes at exit (only if it made one)
+if "MPLCONFIGDIR" not in os.environ:
+    import atexit
+    import shutil
+
+    _MPL = tempfile.mkdtemp(prefix="panacea-tests-mpl-")
+    os.environ["MPLCONFIGDIR"] = _MPL
+    atexit.register(shutil.rmtree, _MPL, ignore_errors=True)
 
 import pytest
 import torch
