@@ -38,6 +38,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .distributed import is_main
 from .errors import UserError
 
 EPILOG = """examples:
@@ -328,7 +329,6 @@ def check_judge(cfg) -> None:
 
 def cmd_run(cfg, force: bool) -> int:
     from .api import run_experiment  # the Python API's code path (api.py)
-    from .distributed import is_main
     from .report import format_results, format_summary
 
     run = run_experiment(cfg, force=force)
@@ -444,14 +444,6 @@ def cmd_ls(what: str | None) -> None:
         print("matchers (eval.utility.match):")
         for e in MATCHERS.entries():
             print(f"  {e.name:<22} {e.help}")
-
-
-def _is_main() -> bool:
-    if "torch" not in sys.modules:  # nothing distributed can have started
-        return True
-    from .distributed import is_main
-
-    return is_main()
 
 
 def _error_elsewhere(message: str) -> None:
@@ -604,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return cmd_run(cfg, args.force)
     except UserError as e:
-        if _is_main():
+        if is_main():
             _error(str(e))
         else:
             _error_elsewhere(str(e))

@@ -15,25 +15,33 @@ around that:
   function on each share, gather the results back in the original order (evaluation).
 
 On one process every function is the identity or a no-op, and nothing here initialises anything.
+This is the one module of process primitives: ``weights`` and ``training`` count processes with
+``num_processes``, and the run-directory writers and the CLI ask ``is_main``. Asking does not import
+torch: before torch is imported no process group can exist (``_torch``).
 """
 
 from __future__ import annotations
 
 import os
-
-import torch
+import sys
 
 from .errors import UserError
 
 
+def _torch():
+    """The torch module once something has imported it, else None (then nothing is distributed)."""
+    return sys.modules.get("torch")
+
+
 def _initialized() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    torch = _torch()
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def launched_processes() -> int:
     """The world size the launcher asked for (``WORLD_SIZE``), whether or not the group exists yet."""
     if _initialized():
-        return torch.distributed.get_world_size()
+        return _torch().distributed.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -44,17 +52,18 @@ def init():
     """
     if launched_processes() <= 1:
         return None
+    import torch  # launched on several processes: torch is needed anyway
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
 
 
 def num_processes() -> int:
-    return torch.distributed.get_world_size() if _initialized() else 1
+    return _torch().distributed.get_world_size() if _initialized() else 1
 
 
 def process_index() -> int:
-    return torch.distributed.get_rank() if _initialized() else 0
+    return _torch().distributed.get_rank() if _initialized() else 0
 
 
 def is_main() -> bool:
@@ -63,7 +72,7 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if num_processes() > 1:
-        torch.distributed.barrier()
+        _torch().distributed.barrier()
 
 
 def device():
@@ -93,7 +102,7 @@ def on_main(fn, *args, **kwargs):
             box[0], error = ("user", str(e)), e
         except BaseException as e:  # noqa: BLE001 - reported to the other processes, then re-raised
             box[0], error = ("fail", f"{type(e).__name__}: {e}"), e
-    torch.distributed.broadcast_object_list(box, src=0)
+    _torch().distributed.broadcast_object_list(box, src=0)
     if error is not None:
         raise error
     kind, value = box[0]
@@ -119,7 +128,7 @@ def map_sharded(fn, items: list) -> list:
     if len(mine) != len(share):
         raise RuntimeError(f"map_sharded: {len(mine)} results for {len(share)} items")
     parts: list = [None] * n
-    torch.distributed.all_gather_object(parts, mine)
+    _torch().distributed.all_gather_object(parts, mine)
     out: list = [None] * len(items)
     for r, part in enumerate(parts):
         out[r::n] = part

@@ -31,9 +31,9 @@ import torch
 from torch.profiler import record_function
 from transformers import ProgressCallback, TrainerCallback, TrainingArguments
 
-from .distributed import is_main, launched_processes
+from .distributed import is_main, launched_processes, num_processes
 from .errors import ConfigError, DataError, NonFiniteError
-from .weights import average_across_processes, global_l2, is_dtensor, world_size
+from .weights import average_across_processes, global_l2, is_dtensor
 
 
 def training_arguments(train, output_dir, seed: int, **extra) -> TrainingArguments:
@@ -420,7 +420,7 @@ def token_share(batch):
     A token-mean loss multiplied by it has, averaged over processes, the gradient of the token
     mean over all processes' batches together (what one process computes on the concatenation).
     """
-    n_proc = world_size()
+    n_proc = num_processes()
     if n_proc == 1:
         return 1.0
     n = (batch["labels"][..., 1:] != -100).sum().float()
@@ -432,11 +432,11 @@ def token_share(batch):
 def process_mean(value: torch.Tensor, share=1.0) -> torch.Tensor:
     """The mean over processes of ``value × share`` (with ``token_share``: the global token mean)."""
     value = value.detach()
-    if world_size() == 1:
+    if num_processes() == 1:
         return value
     v = (value.float() * share).reshape(1)
     torch.distributed.all_reduce(v)
-    return (v / world_size())[0]
+    return (v / num_processes())[0]
 
 
 def full_tensors(tensors) -> list[torch.Tensor]:

@@ -21,14 +21,7 @@ import contextlib
 
 import torch
 
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def world_size() -> int:
-    """Number of processes in the default group (1 when not distributed)."""
-    return torch.distributed.get_world_size() if _distributed() else 1
+from .distributed import _initialized, num_processes
 
 
 def is_dtensor(t) -> bool:
@@ -62,7 +55,7 @@ def global_l2(tensors, sharded: bool = False) -> torch.Tensor:
             per_mesh[key] = per_mesh[key] + s if key in per_mesh else s
         else:
             sq = sq + t.detach().float().pow(2).sum().to(device)
-    if sharded and _distributed():
+    if sharded and _initialized():
         torch.distributed.all_reduce(sq)
     for (mesh, placements), s in per_mesh.items():
         for dim, placement in enumerate(placements):
@@ -81,14 +74,14 @@ def average_across_processes(tensors) -> list[torch.Tensor]:
     and device of its input. Not for ``DTensor``s (FSDP2 already averages their gradients).
     """
     tensors = list(tensors)
-    if not _distributed() or world_size() == 1 or not tensors:
+    if not _initialized() or num_processes() == 1 or not tensors:
         return tensors
     if any(is_dtensor(t) for t in tensors):
         raise TypeError("average_across_processes: DTensor gradients are already averaged by FSDP")
     device = tensors[0].device
     flat = torch.cat([t.detach().reshape(-1).float().to(device) for t in tensors])
     torch.distributed.all_reduce(flat)
-    flat /= world_size()
+    flat /= num_processes()
     out, i = [], 0
     for t in tensors:
         out.append(flat[i : i + t.numel()].view(t.shape).to(device=t.device, dtype=t.dtype))
