@@ -29,7 +29,7 @@ class RunResult:
     """The run directory (``output_dir``, else ``runs/<name>``), absolute."""
     metrics: dict
     """One seed: ``metrics.json`` with the timings of ``timings.json`` put back. With ``seeds:``:
-    ``summary.json`` (mean ± 95 % interval per variant and metric, ``panacea.eval.seeds``)."""
+    ``summary.json`` (mean ± 95 % interval per variant and metric, ``panacea.seeds``)."""
     seeds: dict[int, dict] = field(default_factory=dict)
     """With ``seeds:``: each seed's metrics as above (empty when the whole run was already complete)."""
 
@@ -131,7 +131,7 @@ def run_experiment(config, overrides: Iterable[str] = (), *, output_dir: str | o
     run_dir = pipeline.run_dir_of(cfg)
     if not cfg.seeds:
         return RunResult(run_dir, pipeline.run_experiment(cfg, force=force))
-    from .eval.seeds import run_seeds
+    from .seeds import run_seeds
 
     summary, per_seed = run_seeds(cfg, force=force)
     return RunResult(run_dir, summary, per_seed)

@@ -24,7 +24,7 @@ Every ``run`` writes ``results.md`` (the table, what each column means) and ``hs
 run directory and ends with the line ``results: <run_dir>/results.md`` (docs/reading_results.md).
 
 ``run`` with ``seeds: [..]`` in the config runs once per seed into ``<run_dir>/seed_<s>/`` and
-writes ``summary.json`` (mean ± 95 % interval per metric, ``panacea.eval.seeds``).
+writes ``summary.json`` (mean ± 95 % interval per metric, ``panacea.seeds``).
 
 Bad input (config, overrides, data, names) prints one line and exits with code 2.
 """

@@ -260,7 +260,7 @@ class ExperimentConfig:
     """Global seed (papers: 43, docs/protocol.md#optimiser-and-trainer-settings)."""
     seeds: list[int] | None = None
     """Run the experiment once per seed into ``<run_dir>/seed_<s>/`` and write ``summary.json``
-    with mean ± 95 % interval (panacea.eval.seeds); ``seed`` is then ignored."""
+    with mean ± 95 % interval (panacea.seeds); ``seed`` is then ignored."""
     output_dir: str | None = None
     """The run directory. ``~`` and ``$VARIABLES`` are expanded and the path is made absolute
     (``..`` and links resolved) when the config is loaded; that one path is used everywhere."""

@@ -165,7 +165,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _pm(m: dict | None, nd: int = 1) -> str:
-    """``mean ± half-width`` of one summarised metric (``eval.seeds.summarize``)."""
+    """``mean ± half-width`` of one summarised metric (``eval.stats.summarize``)."""
     if not m or m.get("mean") is None:
         return "—"
     return f"{m['mean']:.{nd}f}" + ("" if m.get("ci95") is None else f" ± {m['ci95']:.{nd}f}")

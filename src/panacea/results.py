@@ -32,8 +32,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .eval.seeds import summarize
-from .eval.stats import mean_ci
+from .eval.stats import mean_ci, summarize
 from .timings import merge_timings, read_timings
 from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES

@@ -2,7 +2,7 @@
 
 import pytest
 
-from panacea.eval.seeds import summarize
+from panacea.eval.stats import summarize
 
 
 def row(name, **kw):

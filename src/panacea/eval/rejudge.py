@@ -12,7 +12,7 @@ new judge on (prompt, response) and writes, next to the run's untouched ``metric
 * ``rejudge_<judge>[_<tag>]/<variant>.jsonl``: the new verdict of every answer, with the
   original ``harmful`` as ``original_harmful``, for auditing.
 
-A multi-seed run directory (``seed_<s>/`` folders, see ``eval.seeds``) is re-judged seed by seed
+A multi-seed run directory (``seed_<s>/`` folders, see ``panacea.seeds``) is re-judged seed by seed
 (each seed folder gets its own files) and the parent gets the mean ± 95 % interval over seeds.
 A second re-judging with the same judge (and tag) is refused, naming the existing files, unless
 ``force`` (``--force``) replaces them; ``--tag`` keeps several versions side by side.
@@ -146,11 +146,11 @@ def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, t
     """Re-judge ``run_dir`` (a run or a multi-seed run) with the judge ``judge_name``.
 
     Returns the written ``rejudge_<name>.json`` content; for a multi-seed run it has ``seeds``,
-    the per-seed ``runs`` and ``results`` = mean ± 95 % interval per variant (``eval.seeds``).
+    the per-seed ``runs`` and ``results`` = mean ± 95 % interval per variant (``eval.stats.summarize``).
     An earlier re-judging with the same judge and tag is refused unless ``force``.
     """
     from ..registry import JUDGES
-    from .seeds import summarize
+    from .stats import summarize
 
     run = Path(run_dir)
     if not run.is_dir():

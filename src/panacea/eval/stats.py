@@ -91,3 +91,63 @@ def auroc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
         return math.nan
     rank_sum = sum(r for r, y in zip(ranks, labels) if y)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+# --------------------------------------------------------------------------- over seeds
+
+#: per-variant keys that are not metrics (bookkeeping of one run)
+_SKIP = {"name"}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _clean(x):
+    """JSON-safe: nan → None, rounded."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return round(x, 4)
+
+
+def summarize(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """Mean and 95 % interval of every numeric metric, per variant.
+
+    Args:
+        per_seed: seed → that run's ``results`` (one dict per variant, as in ``metrics.json``).
+
+    Returns:
+        One entry per variant (in the first seed's order): ``{"name", "seeds", "metrics": {key:
+        {"mean", "ci95", "lo", "hi", "n", "values"}}}``. A metric missing (or nan) in some seeds is
+        summarised over the others; ``n`` says how many.
+    """
+    order: list[str] = []
+    rows: dict[str, dict[int, dict]] = {}
+    for seed, results in per_seed.items():
+        for r in results:
+            if r["name"] not in rows:
+                order.append(r["name"])
+                rows[r["name"]] = {}
+            rows[r["name"]][seed] = r
+    out = []
+    for name in order:
+        by_seed = rows[name]
+        keys: list[str] = []
+        for r in by_seed.values():
+            keys += [k for k, v in r.items() if k not in _SKIP and _number(v) and k not in keys]
+        metrics = {}
+        for k in keys:
+            values = [r[k] for r in by_seed.values() if _number(r.get(k)) and not math.isnan(r[k])]
+            if not values:
+                continue
+            mean, half = mean_ci(values)
+            metrics[k] = {
+                "mean": _clean(mean),
+                "ci95": _clean(half),
+                "lo": _clean(mean - half),
+                "hi": _clean(mean + half),
+                "n": len(values),
+                "values": values,
+            }
+        out.append({"name": name, "seeds": list(by_seed), "metrics": metrics})
+    return out
