@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import panacea.pipeline
+import panacea.seeds
 from panacea.cli import main
 
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny.yaml")
@@ -178,7 +178,7 @@ def test_seeds_run_each_seed_and_summarise(tiny_dir, tmp_path, monkeypatch, caps
             {"name": "sft", "harmful_score": hs, "harmful_score_ci": [0.0, 50.0], "harmful_score_plus": hs + 10,
              "finetune_accuracy": 80.0, "over_refusal": 5.0, "train_seconds": 1.0, "judge": {"judge": "harm"}}]}
 
-    monkeypatch.setattr(panacea.pipeline, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(panacea.seeds, "run_experiment", fake_run_experiment)  # the name run_seeds calls
     out = tmp_path / "multi"
     args = ["run", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={out}", "seeds=[1, 2, 3]", *SMALL]
     assert main(args) == 0
