@@ -233,3 +233,18 @@ def test_tables_pair_each_defense_with_its_reference_by_seed(tmp_path):
     assert "aligned" not in lines   # the aligned model has no reference
     assert "* lower HS under every judge, FA within the margin: panacea@rho1 (vs sft), panacea@rho2 (vs sft)." in doc
     assert "at a cost in FA beyond the margin: panacea@rho3 (vs sft), avg@rho1 (vs sft), sft+random (vs sft)." in doc
+
+
+def test_record_names_where_the_commit_comes_from(tmp_path):
+    """A run that recorded no provenance gets the commit given with --commit, else the recording
+    checkout's, labelled as such; a malformed commit is refused before anything is written."""
+    run = make_run(tmp_path)
+    meta = json.loads((record(run, tmp_path / "a", commit="115deefd21") / "result.json").read_text())
+    assert meta["git"] == {"commit": "115deefd21", "dirty": None, "source": "--commit (the run recorded none)"}
+    meta = json.loads((record(run, tmp_path / "b") / "result.json").read_text())
+    assert meta["git"]["source"] == "recording checkout (the run recorded none)"
+    with pytest.raises(UserError, match="--commit must be a git commit"):
+        record(run, tmp_path / "c", commit="main")
+    assert not (tmp_path / "c").exists()
+    record(run, tmp_path / "results" / "toy", commit="115deefd21")
+    assert "; commit 115deefd21 (--commit (the run recorded none))" in tables(tmp_path / "results")

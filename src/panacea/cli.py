@@ -202,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
                     "config that differ only in seed), then the new folder, e.g. results/demo")
     rc.add_argument("--command", help="the command that produced RUN (default: panacea run RUN/config.yaml)")
     rc.add_argument("--force", action="store_true", help="replace OUT if it is a result this command recorded")
+    rc.add_argument("--commit", metavar="SHA", help="the git commit the run's code was at, for runs whose "
+                    "metrics.json has no provenance (made before runs recorded it); default: the recording "
+                    "checkout's commit, labelled as such")
     tb = sub.add_parser("tables", help="markdown tables from recorded results (docs/results.md, README blocks)",
                         description="Print one section per RESULTS/*/result.json: HS, FA, OR as mean ± 95%% "
                         "interval over seeds next to the per-prompt interval, each variant's method, and a "
@@ -532,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if len(args.paths) < 2:
                 raise UserError("record needs at least one RUN and the OUT folder")
-            kept = record(args.paths[:-1], args.paths[-1], args.command, args.force)
+            kept = record(args.paths[:-1], args.paths[-1], args.command, args.force, args.commit)
             print(f"recorded {', '.join(args.paths[:-1])} → {kept}")
             return 0
         if args.cmd == "tables":

@@ -78,7 +78,7 @@ def _identity(cfg: dict) -> dict:
     return yaml.safe_load(canonical({k: v for k, v in cfg.items() if k not in ("seed", "seeds", "output_dir")}))
 
 
-def record(runs, out: str | Path, command: str | None = None, force: bool = False) -> Path:
+def record(runs, out: str | Path, command: str | None = None, force: bool = False, commit: str | None = None) -> Path:
     """Copy the citable part of finished runs into ``out`` (module docstring).
 
     ``runs``: one run directory (one seed, or a ``seeds: [...]`` parent), or several runs of the
@@ -87,7 +87,14 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
     first differing key is named. ``out`` must not exist, or (with ``force``) be a folder this
     command wrote (it holds a ``result.json`` of this schema); anything else is refused, never
     replaced.
+
+    The commit and versions are the ones the run recorded in its ``metrics.json``. A run from
+    before runs recorded them has none: ``commit`` (``--commit``) then names the commit its code
+    was checked out at (``dirty`` unknown), else the recording checkout's commit is written with
+    ``source: recording checkout`` so that nobody takes it for the run's own.
     """
+    if commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        raise UserError(f"--commit must be a git commit hash (7 to 40 hex digits), got {commit!r}")
     runs = [Path(r) for r in ([runs] if isinstance(runs, (str, Path)) else runs)]
     out = Path(out)
     seeds: dict[int, Path] = {}
@@ -162,7 +169,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         "machine": machine,
         # the versions and commit the run recorded; a run from before metrics.json kept them: now's
         "versions": (prov or {}).get("versions") or versions(),
-        "git": (prov or {}).get("git") or git_commit(),
+        "git": _git_of(prov, commit),
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     (tmp / "result.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -170,6 +177,19 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _git_of(prov: dict | None, commit: str | None) -> dict:
+    """The run's own commit when it recorded one, else the one given, else this checkout's
+    (labelled as such); a given commit that contradicts the run's record is refused."""
+    own = (prov or {}).get("git")
+    if own and own.get("commit"):
+        if commit and not own["commit"].startswith(commit):
+            raise UserError(f"--commit {commit} contradicts the commit the run recorded ({own['commit'][:10]})")
+        return own
+    if commit:
+        return {"commit": commit, "dirty": None, "source": "--commit (the run recorded none)"}
+    return {**git_commit(), "source": "recording checkout (the run recorded none)"}
 
 
 # --------------------------------------------------------------------------- tables
@@ -277,6 +297,26 @@ def select(res: dict) -> list[dict]:
     return out
 
 
+def _stage_time(res: dict) -> str:
+    """``; stages N min ...``: training, repair and evaluation seconds of every stage, summed over
+    the seeds from their ``timings.json``. Unlike the wall time (which, for a run resumed after an
+    interruption, covers its last invocation only) it does not depend on how the run was split."""
+    total, found = 0.0, False
+    for rel in res["meta"]["seed_dirs"].values():
+        t = read_timings(res["folder"] / rel) or {}
+        for rec in (t.get("records") or {}).values():
+            v = rec.get("apply_seconds", rec.get("train_seconds"))
+            if isinstance(v, (int, float)):
+                total, found = total + v, True
+        for row in (t.get("results") or {}).values():
+            if isinstance(row.get("eval_seconds"), (int, float)):
+                total, found = total + row["eval_seconds"], True
+    if not found:
+        return ""
+    return (f"; stages {total / 60:.0f} min (training, repairs and evaluation summed over the seeds; a run "
+            "resumed after an interruption has the wall time of its last invocation only)")
+
+
 def section(res: dict, level: int = 2) -> list[str]:
     meta, cfg = res["meta"], res["config"]
     ev = meta["eval"]
@@ -293,9 +333,10 @@ def section(res: dict, level: int = 2) -> list[str]:
              f"* seeds: {', '.join(map(str, seeds))} ({len(seeds)} training seed{'s' if len(seeds) != 1 else ''})",
              f"* machine: {m.get('cpu') or m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
              f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; wall "
-             f"{'?' if wall is None else f'{wall / 60:.0f} min'}",
+             f"{'?' if wall is None else f'{wall / 60:.0f} min'}" + _stage_time(res),
              "* versions: " + ", ".join(f"{k} {v.get(k)}" for k in PACKAGES)
-             + f"; commit {(g.get('commit') or '?')[:10]}{' (with local changes)' if g.get('dirty') else ''}",
+             + f"; commit {(g.get('commit') or '?')[:10]}{' (with local changes)' if g.get('dirty') else ''}"
+             + (f" ({g['source']})" if g.get('source') else ""),
              ""]
     head = ["variant", "method", "HS", "HS ± prompts", "FA", "OR", "refused", "engaged", "degenerate"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
