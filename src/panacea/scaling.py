@@ -38,7 +38,8 @@ from . import attacks, models
 from .config import ExperimentConfig, parse_options
 from .errors import ConfigError
 from .registry import DEFENSES
-from .training import _reset_peak, _rss_peak_bytes, per_device_batch_size, release_freed_memory, training_arguments
+from .training import per_device_batch_size, release_freed_memory, training_arguments
+from .training.memory import _reset_peak, _rss_peak_bytes
 
 GB = 2**30
 Method = tuple[str, str, dict]  # (stage, defense name, options)

@@ -20,7 +20,7 @@ from panacea.checkpoint import load_state, save_state
 from panacea.data.base import DataSpec
 from panacea.defenses.base import ChecksSource, DefenseSpec, RecordsStage, Resumable
 from panacea.registry import DEFENSES, STAGES
-from panacea.training import save_adapter
+from panacea.models import save_adapter
 
 from helpers import HARM6, USER, Ctx, args, tok_data, trainable
 

@@ -110,7 +110,8 @@ def one_step(name: str, processes: int, out_dir: Path, wrap=None) -> dict:
     """One SGD step of ``name``; returns the whole trainable tensors after it (and Panacea's ε)."""
     from panacea.config import TrainSettings
     from panacea.distributed import barrier
-    from panacea.training import full_tensors, save_adapter, training_arguments
+    from panacea.models import save_adapter
+    from panacea.training import full_tensors, training_arguments
     from panacea.weights import is_dtensor
 
     tok = make_tokenizer()
