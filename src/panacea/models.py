@@ -17,15 +17,18 @@ contains them (``rundir.redact``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
 
 from .distributed import is_main
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UserError
+from .paths import expand_path
 from .training.gradients import full_tensors
 from .weights import is_dtensor
 
@@ -38,8 +41,6 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def cache_dir() -> Path:
     """``$PANACEA_CACHE``, else ``$XDG_CACHE_HOME/panacea`` or ``~/.cache/panacea``, expanded and
     resolved (paths.expand_path); an unusable value is a one-line ``UserError`` naming the variable."""
-    from .errors import UserError
-    from .paths import expand_path
 
     for var, sub in (("PANACEA_CACHE", ""), ("XDG_CACHE_HOME", "panacea")):
         root = os.environ.get(var, "")
@@ -104,7 +105,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def local_folder(name_or_path: str) -> Path | None:
     """The model folder ``name_or_path`` names (``~`` and ``$VARS`` expanded), or None for a hub id
     or ``embedded``. A path-like name (``/``, ``./``, ``~``, ``$``) that is no folder is an error."""
-    from .paths import expand_path
 
     if name_or_path == EMBEDDED:
         return None
@@ -124,8 +124,6 @@ def local_folder(name_or_path: str) -> Path | None:
 
 def _safetensors_problem(path: Path) -> str | None:
     """Why the safetensors file ``path`` is unusable (shorter than its header says: truncated), else None."""
-    import json
-    import struct
 
     try:
         size = path.stat().st_size

@@ -37,7 +37,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import ExperimentConfig, load_config, read_yaml, to_dict
 from ..errors import ConfigError, UserError
+from ..eval.stats import mean_ci
+from ..paths import expand_path
+from ..registry import load_builtins
+from ..rundir import RunDir, config_digest, open_run_dir, read_marker, write_atomic, write_json
+from ..timings import merge_timings, read_timings
 from .engines import Job, make_engine, preflight
 from .spec import (DEFAULT_FA_MARGIN, EXECUTION_KEYS, SweepSpec, cell_id, grid_cells, parse, short_names,
                    split_section)
@@ -80,7 +86,6 @@ def set_dotted(raw: dict, key: str, value) -> dict:
 
 def _has_cache_dir() -> bool:
     """The experiment config has a top-level ``cache_dir`` (the shared stage cache)."""
-    from ..config import ExperimentConfig
 
     return "cache_dir" in {f.name for f in dataclasses.fields(ExperimentConfig)}
 
@@ -96,9 +101,7 @@ class Planner:
         self._pools: dict = {}
 
     def point(self, cell: dict, seed: int, where: str, check_data: bool = True, trial: int | None = None) -> Point:
-        from ..config import load_config, to_dict
         from ..pipeline import Context, Plan
-        from ..rundir import config_digest
 
         cid, pid, raw = self.raw_config(cell, seed)
         try:
@@ -146,7 +149,6 @@ class Planner:
 
 def finished(point: Point) -> dict | None:
     """The outcome of a point whose run directory already holds its finished run, else None."""
-    from ..rundir import RunDir, config_digest, read_marker
 
     run_dir = Path(point.config["output_dir"])
     marker = read_marker(run_dir)
@@ -155,7 +157,6 @@ def finished(point: Point) -> dict | None:
     metrics = RunDir(run_dir, "resume", "", None).completed("metrics.json")
     if metrics is None:
         return None
-    from ..timings import merge_timings, read_timings
 
     metrics = merge_timings(metrics, read_timings(run_dir)) or metrics  # as run_experiment returns it
     rows = [{k: v for k, v in r.items() if k != "samples"} for r in metrics.get("results", [])]
@@ -167,8 +168,6 @@ def finished(point: Point) -> dict | None:
 
 def load(config, overrides: list[str], out: str | None) -> tuple[dict, dict, SweepSpec, Path]:
     """(experiment mapping, sweep section, parsed spec, sweep folder)."""
-    from ..config import read_yaml
-    from ..paths import expand_path
 
     raw = dict(config) if isinstance(config, dict) else read_yaml(config)
     base, section = split_section(raw, list(overrides), None if isinstance(config, dict) else config)
@@ -182,7 +181,6 @@ def load(config, overrides: list[str], out: str | None) -> tuple[dict, dict, Swe
 
 def _check_base(base: dict, spec: SweepSpec) -> list[str]:
     """The base experiment is valid on its own; returns its variants."""
-    from ..config import load_config
     from ..pipeline import Plan
 
     cfg, _ = load_config(copy.deepcopy(base))
@@ -203,7 +201,6 @@ def run_sweep(config, overrides: list[str] = (), *, out: str | None = None, engi
     """Run (or resume) a sweep; returns ``{"sweep_dir", "rows", "summary", "worst", "failed", ...}``.
 
     Raises ``UserError`` (nothing computed) on bad input; failed points are in ``failed``."""
-    from ..registry import load_builtins
 
     load_builtins()
     base, section, spec, sweep_dir = load(config, overrides, out)
@@ -246,7 +243,6 @@ def validate_sweep(config, overrides: list[str] = (), check_data: bool = False) 
     """Every point of a sweep YAML built and validated (config, names, defenses' options; the data
     too with ``check_data``), without running or writing anything. Returns the points (a search:
     the ends of its ranges)."""
-    from ..registry import load_builtins
 
     load_builtins()
     base, section, spec, sweep_dir = load(config, overrides, None)
@@ -264,7 +260,6 @@ def validate_sweep(config, overrides: list[str] = (), check_data: bool = False) 
 def open_sweep_dir(sweep_dir: Path, base: dict, section: dict, force: bool):
     """The sweep folder, opened as a run directory: locked, resumed with the same sweep, refused
     (naming the first differing key) with another one unless ``force``."""
-    from ..rundir import open_run_dir
 
     identity = {"sweep": {k: v for k, v in section.items() if k not in EXECUTION_KEYS}, "experiment": base}
     return open_run_dir(sweep_dir, json.loads(json.dumps(identity, default=str)), force)
@@ -291,7 +286,6 @@ def plan_text(spec: SweepSpec, points: list[Point], sweep_dir: Path, runs: list[
 
 def _other_config(point: Point) -> bool:
     """The point's folder holds a run of another config (replaced only under ``--force``)."""
-    from ..rundir import config_digest, read_marker
 
     marker = read_marker(Path(point.config["output_dir"]))
     return marker is not None and marker.get("config_sha256") != config_digest(point.resolved)
@@ -333,7 +327,6 @@ def _run_jobs(eng, todo: list[Job], outcomes: dict, say) -> dict:
 
 def finish(rd, base: dict, spec: SweepSpec, points: list[Point], outcomes: dict, say, extra: dict | None = None) -> dict:
     """Write the table, the summary, the plots and the report; mark the sweep done or failed."""
-    from ..rundir import write_json
 
     sweep_dir = rd.path
     rows = table_rows(spec, points, outcomes)
@@ -348,7 +341,6 @@ def finish(rd, base: dict, spec: SweepSpec, points: list[Point], outcomes: dict,
            "summary": summary, "worst_case": worst, **(extra or {})}
     write_json(sweep_dir / "summary.json", doc)
     md = report(doc, sweep_dir, plots)
-    from ..rundir import write_atomic
 
     write_atomic(sweep_dir / "sweep.md", md)
     say(worst_text(worst, spec))
@@ -422,7 +414,6 @@ def _columns(rows: list[dict], spec: SweepSpec) -> list[str]:
 
 
 def write_table(sweep_dir: Path, rows: list[dict], spec: SweepSpec) -> None:
-    from ..rundir import write_atomic, write_json
 
     cols = _columns(rows, spec)
     buf = io.StringIO()
@@ -440,7 +431,6 @@ def write_table(sweep_dir: Path, rows: list[dict], spec: SweepSpec) -> None:
 def summarize(spec: SweepSpec, points: list[Point], rows: list[dict]) -> list[dict]:
     """Per grid cell and variant: every metric's mean over the seeds with its 95 % interval
     (Student-t over seeds with several seeds, else the run's own interval over the prompts)."""
-    from ..eval.stats import mean_ci
 
     cells = {}
     for p in points:
