@@ -81,9 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. finetune.data.n=100")
     _output_dir_arg(r)
     r.add_argument("--force", action="store_true",
-                   help="replace an existing run directory (without it, a run of the same config resumes "
-                   "and a different config is refused); only a panacea run (a valid run.json) is replaced, "
-                   "and files panacea did not write in it are kept")
+                   help="replace an existing run directory and compute every stage again (without it, a run "
+                   "resumes and a changed config reuses the stages it leaves unchanged, docs/stages.md); "
+                   "only a panacea run (a valid run.json) is replaced, and files panacea did not write in it are kept")
     r.add_argument("--launcher", choices=["none", "accelerate"], default="none",
                    help="accelerate: re-run this command under `accelerate launch` on --num-processes "
                    "processes (same as `accelerate launch [--config_file F] -m panacea run ...`)")

@@ -12,6 +12,8 @@ Run directory layout::
     finetune/<run>/checkpoint-<n>/   while a stage trains, with ``train.save_steps`` (checkpoint.py)
     post/<name>/adapter/             one per post-fine-tuning defense
     eval/<variant>/result.json       one variant's metrics (+ done.json)
+    cache/<kind>/<key>/              every finished stage by its key, hard-linked (stages.py, docs/stages.md;
+                                     ``cache_dir`` puts it elsewhere, e.g. shared by several runs)
     generations/<variant>.jsonl      every evaluated answer with its judge verdict
     timings.json                     wall time, machine, and per variant and stage the seconds and memory
     results.md, hs_fa.png            the results table with what each column means, and HS vs FA
@@ -26,7 +28,7 @@ failed never leaves a result that looks complete. Every file is written under a 
 renamed, and each stage writes its checksummed manifest ``done.json`` last (rundir.py).
 
 Resume: ``panacea run`` on the directory of an interrupted run of the same config skips every stage
-whose manifest verifies (and was built from the same input adapters), continues an interrupted
+whose manifest verifies (for the stage's key, and was built from the same input adapters), continues an interrupted
 training stage from its newest complete checkpoint (optimizer, scheduler, RNG and the defense's
 own state, e.g. Panacea's ε), and evaluates only the variants not yet evaluated. On CPU with the
 same seed the result equals that of an uninterrupted run. A NaN/inf loss term or gradient stops a
@@ -566,7 +568,8 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     """Run every stage of ``cfg`` and return the metrics written to ``metrics.json``.
 
     An existing run directory of the same config is resumed (or, when complete, left alone and its
-    metrics returned); one of another config is refused unless ``force`` (rundir.open_run_dir).
+    metrics returned); one of another config reuses every stage whose key is unchanged (stages.py);
+    ``force`` computes everything again (rundir.open_run_dir).
     """
     from transformers.utils import logging as hf_logging
 

@@ -1,14 +1,16 @@
 """The run directory: atomic files, checksummed stage manifests, resume, locking and free space.
 
-A run directory belongs to exactly one resolved config. ``run.json``, the run marker, records the
-sha256 of its canonical YAML (``config_digest``; ``output_dir`` excluded, so a moved directory
-still resumes) and a schema; it is written first, atomically, when a run starts, and it is the only
+A run directory belongs to one resolved config at a time. ``run.json``, the run marker, records the
+sha256 of its canonical YAML (``config_digest``; ``output_dir`` and ``cache_dir`` excluded, so a moved
+directory still resumes) and a schema; it is written first, atomically, when a run starts, and it is the only
 proof that a folder is a panacea run (``read_marker``): a folder without a valid marker that holds
 anything but the lock and temporaries of an interrupted start is never written into nor deleted
 from, ``--force`` or not. ``panacea run`` on a proven run does one of three things (``open_run_dir``):
 
-* the config differs: refuse, naming the first differing dotted key (``--force`` replaces the run,
-  removing what panacea wrote and keeping any other file);
+* the config differs: the run becomes the run of the new config (``RunDir.changed`` names the first
+  differing dotted key; its results are removed, its stages stay and each is reused only if its
+  key is unchanged, docs/stages.md). ``--force`` replaces the run, removing what panacea wrote and
+  keeping any other file;
 * the run finished (``status.json`` says done and ``metrics.json`` matches its checksum): report it
   and do nothing;
 * otherwise resume: every stage whose manifest verifies is skipped, an interrupted training stage
@@ -18,7 +20,7 @@ A stage's manifest ``done.json`` is written last, after all its outputs, and lis
 every output file and of every input adapter file it was built from::
 
     {"stage": "finetune/panacea", "files": {"finetune/panacea/adapter/...": "<sha256>", ...},
-     "inputs": {"alignment/adapter/adapter_model.safetensors": "<sha256>", ...}}
+     "inputs": {"alignment/adapter/adapter_model.safetensors": "<sha256>", ...}, "key": "<stage key>"}
 
 A stage counts as done only if every listed file still has its checksum, so a truncated file, a
 half-written directory or a re-trained upstream stage with different weights re-runs it. Every
@@ -546,9 +548,9 @@ def open_run_dir(run_dir: Path, resolved: dict, force: bool) -> RunDir:
     Raises:
         UserError: ``run_dir`` is a file, or a folder that is not a panacea run (with or without
             ``force``: such a folder is never written into nor deleted from); the config holds
-            the value of a hub token variable; the run belongs to a different config (naming the
-            first differing key) or its ``config.yaml`` was changed (``force`` replaces the run:
-            it removes what panacea wrote and keeps any other file); another process uses it.
+            the value of a hub token variable; the run's ``config.yaml`` was changed by hand
+            (``force`` replaces the run: it removes what panacea wrote and keeps any other file);
+            another process uses it. A run of a different config is taken over (``_change_config``).
     """
     run_dir = resolve_run_dir(run_dir)
     shown = repr(str(run_dir)) if len(str(run_dir)) <= 200 else repr(str(run_dir)[:199] + "…")

@@ -48,7 +48,7 @@ ENTRY = "entry.json"
 #: A file of a local model folder up to this size is hashed; a larger one counts by name and size.
 SMALL_FILE = 1 << 22
 #: Written into a training stage's folder when it starts computing: the key its checkpoints belong to.
-STAGE_KEY_FILE = ".stage-key"
+STAGE_KEY_FILE = "stage_key"
 
 
 def digest(obj) -> str:
@@ -271,7 +271,7 @@ class Cache:
 
     @contextlib.contextmanager
     def lock(self, st: Stage, say=print):
-        """Hold ``<root>/<kind>/.<key>.lock`` while ``st`` is computed: a second process that
+        """Hold ``<root>/<kind>/<key>.lock`` while ``st`` is computed: a second process that
         computes the same stage waits here (one line), then finds it in the cache."""
         from .rundir import _main_process
 
@@ -280,7 +280,7 @@ class Cache:
             return
         folder = self.root / st.kind
         folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / f".{st.key}.lock", "a+")
+        f = open(folder / f"{st.key}.lock", "a+")
         try:
             try:
                 import fcntl

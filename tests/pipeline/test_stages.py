@@ -130,7 +130,7 @@ def test_a_shared_cache_computes_identical_stages_once_and_a_moved_run_resumes(f
     assert _same_results(tmp_path / "a", finished)
     # a moved run directory (no absolute path in what resumes it) still resumes and reuses its stages
     for p in (tmp_path / "a").rglob("*"):  # (config.yaml keeps output_dir and results.md names the folder, as before)
-        if p.is_file() and p.suffix in (".json", ".jsonl") or p.name == ".stage-key":
+        if p.is_file() and p.suffix in (".json", ".jsonl") or p.name == "stage_key":
             assert str(tmp_path) not in p.read_text(), p
     moved = tmp_path / "moved"
     (tmp_path / "a").rename(moved)
