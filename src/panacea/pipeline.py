@@ -514,12 +514,18 @@ class StageStore:
         barrier()
         return how
 
-    def prepare(self, st, out: Path) -> None:
-        """Before a training or post stage is computed: its folder keeps what it holds (the
-        checkpoints of an interrupted run of this very stage) only if it was started for the same
-        key (``stages.STAGE_KEY_FILE``; without one, only when the config is unchanged)."""
+    def prepare(self, st, out: Path, inputs: list[Path] = ()) -> None:
+        """Before a training or post stage is computed: its input adapters must exist (else a
+        ``UserError`` names them); its folder keeps what it holds (the checkpoints of an
+        interrupted run of this very stage) only if it was started for the same key
+        (``stages.STAGE_KEY_FILE``; without one, only when the config is unchanged)."""
         from . import stages
 
+        missing = [p for p in inputs if not (Path(p) / "adapter_config.json").is_file()]
+        if missing:
+            names = ", ".join(str(Path(p).relative_to(self.run_dir).as_posix()) for p in missing)
+            raise UserError(f"{st.label}: its input {names} is missing from {str(self.run_dir)!r}; "
+                            f"run the same command again to compute it")
         if is_main():
             mark = out / stages.STAGE_KEY_FILE
             same = mark.read_text(encoding="utf-8").strip() == st.key if mark.is_file() else self.legacy
@@ -588,6 +594,8 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     from . import stages
 
     graph = stages.build_graph(cfg, plan, probe)  # every stage's key, before anything is written
+    if cfg.cache_dir and is_main():
+        stages.open_cache(cfg, run_dir_of(cfg))  # a bad cache_dir fails before the run directory is touched
     with open_run_dir_on_main(run_dir_of(cfg), to_dict(cfg), force) as rd:
         if rd.mode == "complete":
             say(f"{rd.path} is complete (metrics.json verified): nothing to do; --force runs it again")
@@ -598,7 +606,7 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
         elif rd.mode == "resume":
             say(f"resuming {rd.path}: finished stages are verified and skipped")
         rd.set_status("running", pid=os.getpid(), resumed=rd.mode == "resume")
-        store = StageStore(rd.path, graph, stages.Cache(stages.cache_root(cfg, rd.path), read=not force),
+        store = StageStore(rd.path, graph, stages.open_cache(cfg, rd.path, read=not force),
                            legacy=rd.mode == "resume" and not rd.changed)
         try:
             metrics = _run(cfg, plan, rd.path, probe, sizes, t_start, store)
@@ -727,7 +735,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             if how:
                 say(f"[{step}/{n_stages}] fine-tuning {name}: {_reused(how)}")
                 continue
-            store.prepare(st, out)
+            store.prepare(st, out, align_chain)
             user = attacks.build(plan.attack, plan.attack_opts, user_pools, fd.n, p, mix_seed)
             n_h = sum(1 for e in user if e.meta.get("poison"))
             ds = ctx.tokenize(user)
@@ -759,7 +767,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             if how:
                 say(f"[{step}/{n_stages}] post-fine-tuning {name}: {_reused(how)}")
                 continue
-            store.prepare(st, out)
+            store.prepare(st, out, chains[src])
             say(f"[{step}/{n_stages}] post-fine-tuning {name}: {entry.name} on {src}")
             set_seed(cfg.seed)
             ctx.source = Source(run=src, chain=list(chains[src]), alignment=plan.run_alignment[src],

@@ -40,6 +40,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
 from .rundir import MANIFEST, adapter_files, atomic_path, sha256_file, write_json
 
 #: Bumped when the meaning of a key's contents changes.
@@ -208,6 +209,19 @@ def cache_root(cfg, run_dir: Path) -> Path:
 
         return expand_path(cfg.cache_dir, "cache_dir")
     return Path(run_dir) / "cache"
+
+
+def open_cache(cfg, run_dir: Path, read: bool = True) -> "Cache":
+    """The run's ``Cache``, its folder created (a one-line ``ConfigError`` naming ``cache_dir``
+    when it cannot be: a file, no permission, a read-only file system)."""
+    root = cache_root(cfg, run_dir)
+    try:
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"cache_dir: {str(root)!r} is a file, not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cache_dir: cannot use {str(root)!r} ({e.strerror or type(e).__name__})") from None
+    return Cache(root, read)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -121,23 +121,24 @@ def test_an_added_post_defense_runs_only_itself(finished, tiny_dir, tmp_path, ca
 
 
 def test_a_shared_cache_computes_identical_stages_once_and_a_moved_run_resumes(finished, tiny_dir, tmp_path, capsys):
-    cache = tmp_path / "shared"
-    code, printed = run(tiny_dir, tmp_path / "a", f"cache_dir={cache}", capsys=capsys)
-    assert code == 0 and "reused" not in printed.out
+    a = copy_run(finished, tmp_path / "a")
+    cache = a / "cache"  # the cache of run a, shared with run b
     code, printed = run(tiny_dir, tmp_path / "b", f"cache_dir={cache}", "eval.max_new_tokens=6", capsys=capsys)
     assert code == 0
     assert printed.out.count("reused from the cache (outputs verified)") == 3, printed.out  # every training stage
-    assert _same_results(tmp_path / "a", finished)
-    # a moved run directory (no absolute path in what resumes it) still resumes and reuses its stages
-    for p in (tmp_path / "a").rglob("*"):  # (config.yaml keeps output_dir and results.md names the folder, as before)
+    assert "steps in" not in printed.out
+    # a moved run directory (no absolute path in what resumes it) still reuses its stages, without the cache
+    for p in (tmp_path / "b").rglob("*"):  # (config.yaml keeps output_dir and results.md names the folder, as before)
         if p.is_file() and p.suffix in (".json", ".jsonl") or p.name == "stage_key":
             assert str(tmp_path) not in p.read_text(), p
     moved = tmp_path / "moved"
-    (tmp_path / "a").rename(moved)
-    shutil.rmtree(cache)
-    code, printed = run(tiny_dir, moved, "eval.max_new_tokens=6", capsys=capsys)
-    assert code == 0
-    assert printed.out.count("done (outputs verified)") == 3, printed.out
+    (tmp_path / "b").rename(moved)
+    shutil.rmtree(a)
+    code = main(["plan", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={moved}", *SMALL, f"cache_dir={cache}",
+                 "eval.max_new_tokens=6"])
+    printed = capsys.readouterr()
+    assert code == 0 and "6 stages: 6 reused, 0 to compute" in printed.out, printed.out
+    assert printed.out.count("reuse (run directory)") == 6
 
 
 def test_a_damaged_cache_entry_is_recomputed(finished, tiny_dir, tmp_path, capsys):
@@ -183,3 +184,81 @@ def test_plan_names_a_bad_value(tiny_dir, capsys):
     code = main(["plan", TINY, f"model.name_or_path={tiny_dir}", "finetune.data.poison_ratio=2"])
     err = capsys.readouterr().err
     assert code == 2 and "finetune.data.poison_ratio" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- the cache, without a model
+
+
+def _stage(**settings):
+    from panacea.stages import Stage
+
+    return Stage("finetune", "sft", "finetune/sft", [], {"lr": 1e-3, **settings})
+
+
+def test_a_cache_entry_is_used_only_when_every_checksum_and_input_matches(tmp_path):
+    from panacea.stages import Cache
+
+    run = tmp_path / "run"
+    (run / "finetune/sft/adapter").mkdir(parents=True)
+    (run / "finetune/sft/adapter/w.safetensors").write_bytes(b"weights")
+    (run / "finetune/sft/record.json").write_text("{}")
+    (run / "alignment/adapter").mkdir(parents=True)
+    (run / "alignment/adapter/a.safetensors").write_bytes(b"aligned")
+    inputs = [run / "alignment/adapter"]
+    cache, st = Cache(tmp_path / "cache"), _stage()
+    files = {"adapter/w.safetensors": run / "finetune/sft/adapter/w.safetensors",
+             "record.json": run / "finetune/sft/record.json"}
+    cache.publish(st, files, inputs)
+    entry = cache.lookup(st, inputs)
+    assert entry == tmp_path / "cache" / "finetune" / st.key and cache.files(entry) == sorted(files)
+    assert cache.lookup(_stage(lr=2e-3), inputs) is None  # another key
+    assert cache.lookup(st, []) is None  # other inputs
+    assert Cache(tmp_path / "cache", read=False).lookup(st, inputs) is None  # --force reads nothing
+    (entry / "adapter/w.safetensors").unlink()  # a damaged entry (its link broken first)
+    (entry / "adapter/w.safetensors").write_bytes(b"weightz")
+    assert cache.lookup(st, inputs) is None
+    assert (run / "finetune/sft/adapter/w.safetensors").read_bytes() == b"weights"
+    cache.publish(st, files, inputs)  # published again: replaced as a whole
+    assert cache.lookup(st, inputs) is not None
+
+
+def test_a_second_process_computing_the_same_stage_waits_for_the_first(tmp_path):
+    import threading
+    import time
+
+    from panacea.stages import Cache
+
+    cache, st, said, order = Cache(tmp_path / "cache"), _stage(), [], []
+
+    def first():
+        with cache.lock(st, said.append):
+            order.append("first in")
+            time.sleep(0.5)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    while not order:
+        time.sleep(0.01)
+    with cache.lock(st, said.append):  # flock: another open file description, so it waits here
+        order.append("second in")
+    t.join()
+    assert order == ["first in", "first out", "second in"]
+    assert len(said) == 1 and "another process is computing this stage" in said[0]
+
+
+def test_a_stage_whose_inputs_are_missing_names_them(tmp_path):
+    from panacea.errors import UserError
+    from panacea.pipeline import StageStore
+    from panacea.stages import Cache
+
+    store = StageStore(tmp_path, {}, Cache(tmp_path / "cache"), legacy=False)
+    with pytest.raises(UserError, match=r"fine-tuning sft: its input alignment/adapter is missing"):
+        store.prepare(_stage(), tmp_path / "finetune" / "sft", [tmp_path / "alignment" / "adapter"])
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(tiny_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, printed = run(tiny_dir, tmp_path / "run", f"cache_dir={tmp_path / 'file'}", capsys=capsys)
+    assert code == 2 and printed.err.strip().count("\n") == 0 and "cache_dir" in printed.err
+    assert not (tmp_path / "run").exists()
