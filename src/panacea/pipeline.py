@@ -63,7 +63,7 @@ from .provenance import machine, provenance
 from .timings import TIMING_KEYS, TIMING_TOP, load_metrics, merge_timings, read_timings, split_timings  # noqa: F401
 from .registry import DATASETS, DEFENSES, JUDGES
 from .distributed import barrier, device, init, is_main, num_processes, on_main
-from .rundir import (RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
+from .rundir import (MANIFEST, RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
                      verify_manifest, write_atomic, write_json, write_manifest)
 
 
@@ -480,10 +480,11 @@ def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, 
 class StageStore:
     """Where the stages of one run are looked up, reused and kept (stages.py, docs/stages.md):
     the run directory (each stage's manifest ``done.json`` records its key) and the cache
-    (``cache_dir``). ``legacy``: the run directory's config is unchanged, so a manifest written
-    before stage keys existed still counts."""
+    (``cache_dir``). ``legacy``: the stage keys (by folder) of the config the run directory was
+    made with (``stages.recorded_keys``), so a manifest written before stage keys existed counts
+    for a stage whose key is unchanged."""
 
-    def __init__(self, run_dir: Path, graph: dict, cache, legacy: bool):
+    def __init__(self, run_dir: Path, graph: dict, cache, legacy: dict[str, str]):
         self.run_dir, self.graph, self.cache, self.legacy = run_dir, graph, cache, legacy
 
     def reuse(self, st, files: dict[str, Path], inputs: list[Path]) -> str | None:
@@ -494,7 +495,9 @@ class StageStore:
 
         def decide():
             out = self.run_dir / st.folder
-            if verify_manifest(self.run_dir, out, adapter_files(inputs), key=st.key, legacy=self.legacy):
+            if verify_manifest(self.run_dir, out, adapter_files(inputs), key=st.key,
+                               legacy=self.legacy.get(st.folder) == st.key):
+                self._adopt(st, out, files, inputs)
                 return "done"
             invalidate(out)
             entry = self.cache.lookup(st, inputs)
@@ -514,6 +517,19 @@ class StageStore:
         barrier()
         return how
 
+    def _adopt(self, st, out: Path, files: dict[str, Path], inputs: list[Path]) -> None:
+        """A stage done in the run directory: a manifest of an older panacea (verified because the
+        config is unchanged) gets the stage's key, so a later changed config can reuse the stage;
+        and the cache gets the stage when it has no entry for its key (e.g. a new ``cache_dir``)."""
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        outputs = [self.run_dir / rel for rel in manifest["files"]]
+        if "key" not in manifest:
+            write_manifest(self.run_dir, out, outputs, adapter_files(inputs), key=st.key)
+        if not self.cache.entry(st).exists():
+            if st.kind != "eval":
+                files = {p.relative_to(out).as_posix(): p for p in outputs}
+            self.cache.publish(st, files, inputs)
+
     def prepare(self, st, out: Path, inputs: list[Path] = ()) -> None:
         """Before a training or post stage is computed: its input adapters must exist (else a
         ``UserError`` names them); its folder keeps what it holds (the checkpoints of an
@@ -528,7 +544,7 @@ class StageStore:
                             f"run the same command again to compute it")
         if is_main():
             mark = out / stages.STAGE_KEY_FILE
-            same = mark.read_text(encoding="utf-8").strip() == st.key if mark.is_file() else self.legacy
+            same = (mark.read_text(encoding="utf-8").strip() if mark.is_file() else self.legacy.get(st.folder)) == st.key
             if not same:
                 stages.clear_stage(out)
             write_atomic(mark, st.key + "\n")
@@ -596,6 +612,7 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     graph = stages.build_graph(cfg, plan, probe)  # every stage's key, before anything is written
     if cfg.cache_dir and is_main():
         stages.open_cache(cfg, run_dir_of(cfg))  # a bad cache_dir fails before the run directory is touched
+    legacy = on_main(stages.recorded_keys, run_dir_of(cfg)) if not force else {}
     with open_run_dir_on_main(run_dir_of(cfg), to_dict(cfg), force) as rd:
         if rd.mode == "complete":
             say(f"{rd.path} is complete (metrics.json verified): nothing to do; --force runs it again")
@@ -607,7 +624,7 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
             say(f"resuming {rd.path}: finished stages are verified and skipped")
         rd.set_status("running", pid=os.getpid(), resumed=rd.mode == "resume")
         store = StageStore(rd.path, graph, stages.open_cache(cfg, rd.path, read=not force),
-                           legacy=rd.mode == "resume" and not rd.changed)
+                           legacy=legacy)
         try:
             metrics = _run(cfg, plan, rd.path, probe, sizes, t_start, store)
         except BaseException as e:

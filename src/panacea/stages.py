@@ -199,6 +199,38 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
     return graph
 
 
+def recorded_keys(run_dir: Path) -> dict[str, str]:
+    """The stage keys (by folder) of the config a run directory was made with, when a stage
+    manifest in it has no key (written before stage keys existed); else, or when that config no
+    longer loads, ``{}``. A keyless manifest then counts for a stage only if that stage's key is
+    unchanged (``pipeline.StageStore``)."""
+    import yaml
+
+    from .config import ExperimentConfig, from_dict
+    from .errors import UserError
+    from .pipeline import Context, Plan
+    from .rundir import read_marker
+
+    run_dir = Path(run_dir)
+    try:
+        if not run_dir.is_dir() or read_marker(run_dir) is None:
+            return {}
+        keyless = False
+        for m in run_dir.rglob(MANIFEST):
+            if "cache" not in m.relative_to(run_dir).parts[:1] and "key" not in json.loads(m.read_text(encoding="utf-8")):
+                keyless = True
+                break
+        if not keyless:
+            return {}
+        old = from_dict(ExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+        plan = Plan(old)
+        ctx = Context(old)
+        plan.check_data(ctx)
+        return {st.folder: st.key for st in build_graph(old, plan, ctx).values()}
+    except (UserError, OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return {}
+
+
 # --------------------------------------------------------------------------- the cache
 
 
@@ -348,11 +380,12 @@ def fill(entry: Path, files: list[str], dests: dict[str, Path]) -> None:
 # --------------------------------------------------------------------------- planning
 
 
-def stage_status(st: Stage, run_dir: Path, cache: Cache, chain: list[Path], legacy: bool = False) -> str:
+def stage_status(st: Stage, run_dir: Path, cache: Cache, chain: list[Path], legacy: dict | None = None) -> str:
     """``done`` (verified in the run directory), ``cached`` (a verified cache entry) or ``compute``."""
     from .rundir import verify_manifest
 
-    if verify_manifest(run_dir, run_dir / st.folder, adapter_files(chain), key=st.key, legacy=legacy):
+    if verify_manifest(run_dir, run_dir / st.folder, adapter_files(chain), key=st.key,
+                       legacy=(legacy or {}).get(st.folder) == st.key):
         return "done"
     return "cached" if cache.lookup(st, chain) is not None else "compute"
 
@@ -423,7 +456,7 @@ def stage_inputs(st: Stage, plan, chains: dict[str, list[Path]]) -> list[Path]:
     return chains[st.name]
 
 
-def plan_lines(cfg, plan, graph: dict[str, Stage], run_dir: Path, cache: Cache, legacy: bool = False) -> list[str]:
+def plan_lines(cfg, plan, graph: dict[str, Stage], run_dir: Path, cache: Cache, legacy: dict | None = None) -> list[str]:
     """The stage graph as ``panacea plan`` prints it: one line per stage with its key, what it
     consumes, whether it is reused or computed, and the estimated time."""
     chains = chain_paths(graph, plan, run_dir)
@@ -456,9 +489,7 @@ def show_plan(cfg, force: bool = False) -> list[str]:
     """``panacea plan``: the stage graph of ``cfg`` against its run directory and cache, as lines.
     Validates the config and loads its data (as ``panacea validate``), loads no model and writes
     nothing. With ``seeds``, one graph per seed (``<run_dir>/seed_<s>/``)."""
-    from .config import to_dict
     from .pipeline import Context, Plan, run_dir_of
-    from .rundir import config_digest, read_marker
 
     if cfg.seeds:
         lines = []
@@ -472,8 +503,7 @@ def show_plan(cfg, force: bool = False) -> list[str]:
     plan.check_data(ctx)
     graph = build_graph(cfg, plan, ctx)
     run_dir = run_dir_of(cfg)
-    marker = read_marker(run_dir) if run_dir.is_dir() else None
-    legacy = marker is not None and marker["config_sha256"] == config_digest(to_dict(cfg))
+    legacy = recorded_keys(run_dir) if not force else {}
     cache = Cache(cache_root(cfg, run_dir), read=not force)
     if force:  # --force recomputes everything
         run_dir = run_dir / ".panacea-plan-force-nothing-there"

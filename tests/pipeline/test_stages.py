@@ -262,3 +262,21 @@ def test_a_cache_dir_that_is_a_file_is_one_line(tiny_dir, tmp_path, capsys):
     code, printed = run(tiny_dir, tmp_path / "run", f"cache_dir={tmp_path / 'file'}", capsys=capsys)
     assert code == 2 and printed.err.strip().count("\n") == 0 and "cache_dir" in printed.err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_made_before_stage_keys_reuses_its_unchanged_stages(finished, tiny_dir, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    shutil.rmtree(out / "cache")
+    for m in out.rglob("done.json"):  # manifests as panacea wrote them before stage keys
+        data = json.loads(m.read_text())
+        del data["key"]
+        data["files"] = {k: v for k, v in data["files"].items() if not k.endswith("stage_key")}
+        m.write_text(json.dumps(data))
+    for k in out.rglob("stage_key"):
+        k.unlink()
+    code, printed = run(tiny_dir, out, "post.sft+random.norm=0.25", capsys=capsys)
+    assert code == 0, printed.err
+    for stage in ("alignment aligned", "fine-tuning sft"):
+        assert f"{stage}: done (outputs verified)" in printed.out
+    assert "post-fine-tuning sft+random: random_perturbation on sft" in printed.out
+    assert "key" in json.loads((out / "finetune" / "sft" / "done.json").read_text())  # adopted
