@@ -870,17 +870,13 @@ def check_repaired(model, ctx: Context, info: dict, label: str, key: str) -> Non
 
 
 def evaluate_all(cfg, plan, ctx, chains, records, run_dir, store: StageStore) -> list[dict]:
-    import torch
-
+    """Evaluate every variant: one eval stage each, reused when its key and inputs are unchanged."""
     e = cfg.eval
-    tok = ctx.tokenizer
     judge = None  # built on first use: a resumed run may have nothing left to judge
     harmful = ctx.examples(e.harmful, "eval.harmful")
     utility = ctx.examples(e.utility, "eval.utility") if e.utility is not None else None
     match = ctx.matcher(e.utility, "eval.utility") if e.utility is not None else None
     benign = ctx.examples(e.benign, "eval.benign") if e.benign is not None else None
-    from .eval.evaluate import evaluate_variant
-
     results = []
     say(f"[eval] {len(plan.variants)} variants × ({len(harmful)} harmful"
         f"{f', {len(utility)} task' if utility else ''}{f', {len(benign)} benign' if benign else ''} prompts)")
