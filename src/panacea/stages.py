@@ -456,15 +456,16 @@ def stage_inputs(st: Stage, plan, chains: dict[str, list[Path]]) -> list[Path]:
     return chains[st.name]
 
 
-def plan_lines(cfg, plan, graph: dict[str, Stage], run_dir: Path, cache: Cache, legacy: dict | None = None) -> list[str]:
+def plan_lines(cfg, plan, graph: dict[str, Stage], run_dir: Path, cache: Cache, legacy: dict | None = None,
+               force: bool = False) -> list[str]:
     """The stage graph as ``panacea plan`` prints it: one line per stage with its key, what it
-    consumes, whether it is reused or computed, and the estimated time."""
+    consumes, whether it is reused or computed (everything with ``force``), and the estimated time."""
     chains = chain_paths(graph, plan, run_dir)
     costs = step_costs(run_dir, cache)
     by_key = {st.key: st for st in graph.values()}
     lines, total, unknown = [], 0.0, 0
     for st in graph.values():
-        status = stage_status(st, run_dir, cache, stage_inputs(st, plan, chains), legacy)
+        status = "compute" if force else stage_status(st, run_dir, cache, stage_inputs(st, plan, chains), legacy)
         uses = ", ".join(by_key[k].folder for k in st.inputs if k in by_key) or "-"
         if status == "compute":
             secs = estimate(st, costs)
@@ -505,10 +506,8 @@ def show_plan(cfg, force: bool = False) -> list[str]:
     run_dir = run_dir_of(cfg)
     legacy = recorded_keys(run_dir) if not force else {}
     cache = Cache(cache_root(cfg, run_dir), read=not force)
-    if force:  # --force recomputes everything
-        run_dir = run_dir / ".panacea-plan-force-nothing-there"
-    head = [f"{cfg.name}: {len(graph)} stages, run directory {run_dir_of(cfg)}, cache {cache.root}"]
-    return head + plan_lines(cfg, plan, graph, run_dir, cache, legacy)
+    head = [f"{cfg.name}: {len(graph)} stages, run directory {run_dir}, cache {cache.root}"]
+    return head + plan_lines(cfg, plan, graph, run_dir, cache, legacy, force)
 
 
 __all__ = ["Stage", "Cache", "build_graph", "cache_root", "clear_stage", "fill", "plan_lines", "MANIFEST"]

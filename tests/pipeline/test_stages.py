@@ -175,6 +175,8 @@ def test_plan_prints_the_graph_without_a_model(finished, tiny_dir, tmp_path, cap
     assert any(ln.split()[0] == "post/sft+ascent" and "time unknown" in ln for ln in lines)  # never measured
     assert any(ln.split()[0] == "eval/sft" and "compute (≈" in ln for ln in lines)  # measured evaluations
     assert "8 stages: 3 reused, 5 to compute" in printed.out
+    code = main(["plan", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={finished}", *SMALL, "--force"])
+    assert code == 0 and "6 stages: 0 reused, 6 to compute" in capsys.readouterr().out
     code = main(["plan", TINY, f"model.name_or_path={tiny_dir}", f"output_dir={tmp_path / 'new'}"])
     printed = capsys.readouterr()
     assert code == 0 and "time unknown" in printed.out and not (tmp_path / "new").exists()
