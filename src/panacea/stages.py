@@ -6,7 +6,7 @@ and its resolved settings; its ``key`` is the sha256 of both. Everything that ca
 stage's output is in its settings: the model (its name and, for a local folder, the names and
 sizes of its files and the contents of its small files), LoRA, template and tokenizer settings,
 the seed, the stage's data sections and a digest of the rows it reads, its defense and options,
-its train or eval settings, and the panacea version. When in doubt a setting is included: a
+its train or eval settings, the number of processes, and the panacea version. When in doubt a setting is included: a
 needless recomputation costs time, a wrong reuse costs correctness.
 
 Finished stages are kept twice, for free when the file system allows hard links:
@@ -149,8 +149,11 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
         return {k: rows_digest(ctx.examples(getattr(opts, k), f"{key}.{k}"))
                 for k in entry.spec.defender_data_keys + entry.spec.safety_data_keys}
 
+    from .distributed import num_processes
+
+    # processes: a global_batch_size is split over them, and evaluation prompts are sharded
     base = {"panacea": __version__, "model": {**to_dict(cfg.model), "fingerprint": model_fingerprint(cfg.model)},
-            "lora": to_dict(cfg.lora), "seed": cfg.seed}
+            "lora": to_dict(cfg.lora), "seed": cfg.seed, "processes": num_processes()}
     graph: dict[str, Stage] = {}
     a = cfg.alignment
     align_rows = None
