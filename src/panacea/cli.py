@@ -97,7 +97,6 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*", metavar="key=value")
     _output_dir_arg(v)
     pn = sub.add_parser("plan", help="print the stage graph of a config: what is reused, what runs, the time it takes",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Print every stage of CONFIG (alignment, fine-tuning runs, post defenses, one "
                         "evaluation per variant) with its key, the stages it consumes, and whether `panacea run` "
                         "would reuse it (its run directory or the cache_dir holds it, checksums verified) or "
