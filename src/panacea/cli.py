@@ -5,6 +5,7 @@
     panacea run CONFIG --launcher accelerate --num-processes N [--accelerate-config FILE]
                                                     the same on N processes (GPUs) via accelerate
     panacea validate CONFIG [key=value ...]         check a config and its data without training
+    panacea plan CONFIG [key=value ...] [--force]   the stage graph: each stage reused or computed, est. time
     panacea ls [defenses|attacks|datasets|judges|matchers]  what is registered, one line each
     panacea judge-eval --judge NAME --data FILE [--fields prompt=COL,...] [--invert-labels]
                                                     AUROC, accuracy, F1 of a judge on labelled pairs
@@ -85,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. finetune.data.n=100")
     _output_dir_arg(r)
     r.add_argument("--force", action="store_true",
-                   help="replace an existing run directory (without it, a run of the same config resumes "
-                   "and a different config is refused); only a panacea run (a valid run.json) is replaced, "
-                   "and files panacea did not write in it are kept")
+                   help="replace an existing run directory and compute every stage again (without it, a run "
+                   "resumes and a changed config reuses the stages it leaves unchanged, docs/stages.md); "
+                   "only a panacea run (a valid run.json) is replaced, and files panacea did not write in it are kept")
     r.add_argument("--launcher", choices=["none", "accelerate"], default="none",
                    help="accelerate: re-run this command under `accelerate launch` on --num-processes "
                    "processes (same as `accelerate launch [--config_file F] -m panacea run ...`)")
@@ -100,6 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(v, "experiment YAML file")
     v.add_argument("overrides", nargs="*", metavar="key=value")
     _output_dir_arg(v)
+    pn = sub.add_parser("plan", help="print the stage graph of a config: what is reused, what runs, the time it takes",
+                        description="Print every stage of CONFIG (alignment, fine-tuning runs, post defenses, one "
+                        "evaluation per variant) with its key, the stages it consumes, and whether `panacea run` "
+                        "would reuse it (its run directory or the cache_dir holds it, checksums verified) or "
+                        "compute it. Loads the data, never a model; writes nothing (docs/stages.md).",
+                        epilog="estimated time: a stage to compute takes its optimizer steps × the seconds per "
+                        "step that finished stages of the same defense recorded (record.json: step_seconds, "
+                        "the median over the run directory and the cache); a post defense or an evaluation "
+                        "the seconds a finished one took. With nothing measured yet it says 'time unknown' "
+                        "(`panacea bench --dry-run` measures a step by loading the model).")
+    _config_args(pn, "experiment YAML file")
+    pn.add_argument("overrides", nargs="*", metavar="key=value")
+    _output_dir_arg(pn)
+    pn.add_argument("--force", action="store_true", help="plan as `panacea run --force` would: every stage computed")
     ls = sub.add_parser("ls", help="list registered defenses, attacks, datasets, judges and answer matchers")
     ls.add_argument("what", nargs="?", choices=["defenses", "attacks", "datasets", "judges", "matchers"], help="only this kind")
     opt = dict(action="append", default=[], metavar="key=value",
@@ -485,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides or []) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if args.cmd in ("run", "validate", "bench", "sweep"):
+        if args.cmd in ("run", "validate", "bench", "sweep", "plan"):
             resolve_config_args(args, "configs/bench.yaml" if args.cmd == "bench" else None)
     except UserError as e:
         _error(str(e))
@@ -586,6 +601,11 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_config
 
         cfg, _ = load_config(args.config, args.overrides)
+        if args.cmd == "plan":
+            from .stages import show_plan
+
+            print("\n".join(show_plan(cfg, args.force)))
+            return 0
         if args.cmd == "validate":
             from .api import validate
             from .pipeline import task_warning

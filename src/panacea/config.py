@@ -9,7 +9,7 @@ are validated against that defense's own ``Config`` dataclass by the pipeline (`
 
 Schema (every field is documented on its dataclass below)::
 
-    name, seed, output_dir
+    name, seed, output_dir, cache_dir
     model:     name_or_path, dtype, max_length, template, trust_remote_code
     lora:      r, alpha, dropout, target_modules
     alignment: defense, data, benign, train, <defense options>,
@@ -264,6 +264,10 @@ class ExperimentConfig:
     output_dir: str | None = None
     """The run directory. ``~`` and ``$VARIABLES`` are expanded and the path is made absolute
     (``..`` and links resolved) when the config is loaded; that one path is used everywhere."""
+    cache_dir: str | None = None
+    """Where finished stages are kept by key to be reused (docs/stages.md): default ``cache/``
+    inside the run directory; set one folder for several runs of an experiment family to compute
+    their identical stages once. Not part of the run's identity."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)

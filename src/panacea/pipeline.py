@@ -12,6 +12,8 @@ Run directory layout::
     finetune/<run>/checkpoint-<n>/   while a stage trains, with ``train.save_steps`` (checkpoint.py)
     post/<name>/adapter/             one per post-fine-tuning defense
     eval/<variant>/result.json       one variant's metrics (+ done.json)
+    cache/<kind>/<key>/              every finished stage by its key, hard-linked (stages.py, docs/stages.md;
+                                     ``cache_dir`` puts it elsewhere, e.g. shared by several runs)
     generations/<variant>.jsonl      every evaluated answer with its judge verdict
     timings.json                     wall time, machine, and per variant and stage the seconds and memory
     results.md, hs_fa.png            the results table with what each column means, and HS vs FA
@@ -26,7 +28,7 @@ failed never leaves a result that looks complete. Every file is written under a 
 renamed, and each stage writes its checksummed manifest ``done.json`` last (rundir.py).
 
 Resume: ``panacea run`` on the directory of an interrupted run of the same config skips every stage
-whose manifest verifies (and was built from the same input adapters), continues an interrupted
+whose manifest verifies (for the stage's key, and was built from the same input adapters), continues an interrupted
 training stage from its newest complete checkpoint (optimizer, scheduler, RNG and the defense's
 own state, e.g. Panacea's ε), and evaluates only the variants not yet evaluated. On CPU with the
 same seed the result equals that of an uninterrupted run. A NaN/inf loss term or gradient stops a
@@ -61,7 +63,7 @@ from .provenance import machine, provenance
 from .timings import TIMING_KEYS, TIMING_TOP, load_metrics, merge_timings, read_timings, split_timings  # noqa: F401
 from .registry import DATASETS, DEFENSES, JUDGES
 from .distributed import barrier, device, init, is_main, num_processes, on_main
-from .rundir import (RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
+from .rundir import (MANIFEST, RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
                      verify_manifest, write_atomic, write_json, write_manifest)
 
 
@@ -475,35 +477,121 @@ def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, 
     return record
 
 
-def _stage_done(run_dir: Path, out: Path, inputs: list[Path], records: dict, name: str, train=None) -> bool:
-    """Whether stage ``out`` is done (its manifest verifies against the current ``inputs``, the
-    adapter folders it was built from); if so its record is loaded into ``records``."""
+class StageStore:
+    """Where the stages of one run are looked up, reused and kept (stages.py, docs/stages.md):
+    the run directory (each stage's manifest ``done.json`` records its key) and the cache
+    (``cache_dir``). ``legacy``: the stage keys (by folder) of the config the run directory was
+    made with (``stages.recorded_keys``), so a manifest written before stage keys existed counts
+    for a stage whose key is unchanged."""
+
+    def __init__(self, run_dir: Path, graph: dict, cache, legacy: dict[str, str]):
+        self.run_dir, self.graph, self.cache, self.legacy = run_dir, graph, cache, legacy
+
+    def reuse(self, st, files: dict[str, Path], inputs: list[Path]) -> str | None:
+        """``done`` when the stage's manifest in the run directory verifies for its key, ``cached``
+        when a verified cache entry was linked into the run directory (``files``: entry name →
+        path there), else None (the stage is to be computed). Decided by the main process."""
+        from . import stages
+
+        def decide():
+            out = self.run_dir / st.folder
+            if verify_manifest(self.run_dir, out, adapter_files(inputs), key=st.key,
+                               legacy=self.legacy.get(st.folder) == st.key):
+                self._adopt(st, out, files, inputs)
+                return "done"
+            invalidate(out)
+            entry = self.cache.lookup(st, inputs)
+            if entry is None:
+                return None
+            names = self.cache.files(entry)
+            dests = files if st.kind == "eval" else {rel: out / rel for rel in names}
+            if set(names) != set(dests):
+                return None
+            if st.kind != "eval":
+                stages.clear_stage(out)
+            stages.fill(entry, names, dests)
+            write_manifest(self.run_dir, out, list(dests.values()), adapter_files(inputs), key=st.key)
+            return "cached"
+
+        how = on_main(decide)
+        barrier()
+        return how
+
+    def _adopt(self, st, out: Path, files: dict[str, Path], inputs: list[Path]) -> None:
+        """A stage done in the run directory: a manifest of an older panacea (verified because the
+        config is unchanged) gets the stage's key, so a later changed config can reuse the stage;
+        and the cache gets the stage when it has no entry for its key (e.g. a new ``cache_dir``)."""
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        outputs = [self.run_dir / rel for rel in manifest["files"]]
+        if "key" not in manifest:
+            write_manifest(self.run_dir, out, outputs, adapter_files(inputs), key=st.key)
+        if not self.cache.entry(st).exists():
+            if st.kind != "eval":
+                files = {p.relative_to(out).as_posix(): p for p in outputs}
+            self.cache.publish(st, files, inputs)
+
+    def prepare(self, st, out: Path, inputs: list[Path] = ()) -> None:
+        """Before a training or post stage is computed: its input adapters must exist (else a
+        ``UserError`` names them); its folder keeps what it holds (the checkpoints of an
+        interrupted run of this very stage) only if it was started for the same key
+        (``stages.STAGE_KEY_FILE``; without one, only when the config is unchanged)."""
+        from . import stages
+
+        missing = [p for p in inputs if not (Path(p) / "adapter_config.json").is_file()]
+        if missing:
+            names = ", ".join(str(Path(p).relative_to(self.run_dir).as_posix()) for p in missing)
+            raise UserError(f"{st.label}: its input {names} is missing from {str(self.run_dir)!r}; "
+                            f"run the same command again to compute it")
+        if is_main():
+            mark = out / stages.STAGE_KEY_FILE
+            same = (mark.read_text(encoding="utf-8").strip() if mark.is_file() else self.legacy.get(st.folder)) == st.key
+            if not same:
+                stages.clear_stage(out)
+            write_atomic(mark, st.key + "\n")
+        barrier()
+
+    def publish(self, st, files: dict[str, Path], inputs: list[Path]) -> None:
+        self.cache.publish(st, files, inputs)
+
+
+def _stage_done(store: StageStore, st, out: Path, inputs: list[Path], records: dict, name: str, train=None) -> str | None:
+    """Whether stage ``out`` is done or reused (``StageStore.reuse``: its manifest verifies for its
+    key against the current ``inputs``, the adapter folders it was built from, or the cache has
+    it); if so its record is loaded into ``records``."""
     from .checkpoint import remove_checkpoints
 
-    if not verify_manifest(run_dir, out, adapter_files(inputs)):
-        invalidate(out)
-        return False
+    how = store.reuse(st, {}, inputs)
+    if how is None:
+        return None
     records[name] = json.loads((out / "record.json").read_text(encoding="utf-8"))
-    if train is None or not train.keep_checkpoints:
+    if (train is None or not train.keep_checkpoints) and is_main():
         remove_checkpoints(out)  # left behind by a run killed between its manifest and the clean-up
-    return True
+    return how
 
 
-def _finish_stage(run_dir: Path, out: Path, inputs: list[Path], train=None) -> None:
-    """Mark a stage done (its manifest, written last), then drop its checkpoints unless kept."""
+def _finish_stage(store: StageStore, st, out: Path, inputs: list[Path], train=None) -> None:
+    """Mark a stage done (its manifest with its key, written last), drop its checkpoints unless
+    kept, and keep it in the cache."""
     from .checkpoint import remove_checkpoints
 
-    write_manifest(run_dir, out, stage_outputs(out), adapter_files(inputs))
+    outputs = stage_outputs(out) if is_main() else []
+    write_manifest(store.run_dir, out, outputs, adapter_files(inputs), key=st.key)
     if train is None or not train.keep_checkpoints:
         remove_checkpoints(out)
+    store.publish(st, {p.relative_to(out).as_posix(): p for p in outputs}, inputs)
     barrier()  # several processes: the others read this stage's files only once they are written
+
+
+def _reused(how: str) -> str:
+    return "done (outputs verified)" if how == "done" else "reused from the cache (outputs verified)"
 
 
 def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     """Run every stage of ``cfg`` and return the metrics written to ``metrics.json``.
 
     An existing run directory of the same config is resumed (or, when complete, left alone and its
-    metrics returned); one of another config is refused unless ``force`` (rundir.open_run_dir).
+    metrics returned); one of another config reuses every stage whose key is unchanged (stages.py);
+    ``force`` computes everything again (rundir.open_run_dir).
     """
     from transformers.utils import logging as hf_logging
 
@@ -519,15 +607,26 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
         say(warning)
     init()  # the process group, when launched on several processes (a no-op otherwise)
     plan.check_processes(num_processes())
+    from . import stages
+
+    graph = stages.build_graph(cfg, plan, probe)  # every stage's key, before anything is written
+    if cfg.cache_dir and is_main():
+        stages.open_cache(cfg, run_dir_of(cfg))  # a bad cache_dir fails before the run directory is touched
+    legacy = on_main(stages.recorded_keys, run_dir_of(cfg)) if not force else {}
     with open_run_dir_on_main(run_dir_of(cfg), to_dict(cfg), force) as rd:
         if rd.mode == "complete":
             say(f"{rd.path} is complete (metrics.json verified): nothing to do; --force runs it again")
             return merge_timings(rd.completed("metrics.json"), read_timings(rd.path))
-        if rd.mode == "resume":
+        if rd.changed:
+            say(f"{rd.path}: the config changed ({rd.changed}); stages whose key is unchanged are reused, "
+                f"the others computed")
+        elif rd.mode == "resume":
             say(f"resuming {rd.path}: finished stages are verified and skipped")
         rd.set_status("running", pid=os.getpid(), resumed=rd.mode == "resume")
+        store = StageStore(rd.path, graph, stages.open_cache(cfg, rd.path, read=not force),
+                           legacy=legacy)
         try:
-            metrics = _run(cfg, plan, rd.path, probe, sizes, t_start)
+            metrics = _run(cfg, plan, rd.path, probe, sizes, t_start, store)
         except BaseException as e:
             err = disk_full_error(e, rd.path)
             try:
@@ -558,8 +657,8 @@ class FollowerRunDir(RunDir):
     """The run directory as a non-main process holds it: the main process's path and mode, no
     lock, no writes (the main process writes status and results)."""
 
-    def __init__(self, path, mode: str):
-        super().__init__(Path(path), mode, "", None)
+    def __init__(self, path, mode: str, changed: str | None = None):
+        super().__init__(Path(path), mode, "", None, changed)
 
     def set_status(self, state: str, **info) -> None:
         pass
@@ -576,10 +675,10 @@ def open_run_dir_on_main(run_dir: Path, resolved: dict, force: bool) -> RunDir:
 
     def open_main():
         opened["rd"] = open_run_dir(run_dir, resolved, force)
-        return str(opened["rd"].path), opened["rd"].mode
+        return str(opened["rd"].path), opened["rd"].mode, opened["rd"].changed
 
-    path, mode = on_main(open_main)
-    return opened["rd"] if "rd" in opened else FollowerRunDir(path, mode)
+    path, mode, changed = on_main(open_main)
+    return opened["rd"] if "rd" in opened else FollowerRunDir(path, mode, changed)
 
 
 def disk_full_error(e: BaseException, run_dir: Path) -> BaseException:
@@ -590,7 +689,7 @@ def disk_full_error(e: BaseException, run_dir: Path) -> BaseException:
     return e
 
 
-def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
+def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
     from transformers import set_seed
 
     torch_threads()
@@ -611,27 +710,31 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
             say(f"[{step}/{n_stages}] alignment {name}: none (the base model is served as is)")
             chains[name] = []
             continue
-        out = run_dir / "alignment" if name == plan.main else run_dir / "alignment" / name
+        st = store.graph[name]
+        out = run_dir / st.folder
         chains[name] = [out / "adapter"]
-        if _stage_done(run_dir, out, [], records, name, train):
-            say(f"[{step}/{n_stages}] alignment {name}: done (outputs verified)")
-            continue
-        if align_data is None:
-            data = ctx.examples(a.data, "alignment.data")
-            if a.benign is not None:
-                data = data + ctx.examples(a.benign, "alignment.benign")
-            import random
+        with store.cache.lock(st, say):
+            how = _stage_done(store, st, out, [], records, name, train)
+            if how:
+                say(f"[{step}/{n_stages}] alignment {name}: {_reused(how)}")
+                continue
+            store.prepare(st, out)
+            if align_data is None:
+                data = ctx.examples(a.data, "alignment.data")
+                if a.benign is not None:
+                    data = data + ctx.examples(a.benign, "alignment.benign")
+                import random
 
-            random.Random(cfg.seed).shuffle(data)
-            align_data = ctx.tokenize(data)
-        say(f"[{step}/{n_stages}] alignment {name}: {entry.name} on {len(align_data)} examples")
-        set_seed(cfg.seed)  # the new adapter's random init (LoRA A) is drawn from the global RNG
-        model = models.build(cfg.model, cfg.lora, [], new_adapter=True)
-        ctx.stage_key = "alignment" if name == plan.main else f"alignment.variants.{name}"
-        records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out, ctx, cfg.seed,
-                                     progress=out.relative_to(run_dir).as_posix())
-        del model
-        _finish_stage(run_dir, out, [], train)
+                random.Random(cfg.seed).shuffle(data)
+                align_data = ctx.tokenize(data)
+            say(f"[{step}/{n_stages}] alignment {name}: {entry.name} on {len(align_data)} examples")
+            set_seed(cfg.seed)  # the new adapter's random init (LoRA A) is drawn from the global RNG
+            model = models.build(cfg.model, cfg.lora, [], new_adapter=True)
+            ctx.stage_key = "alignment" if name == plan.main else f"alignment.variants.{name}"
+            records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out, ctx, cfg.seed,
+                                         progress=out.relative_to(run_dir).as_posix())
+            del model
+            _finish_stage(store, st, out, [], train)
 
     # ---- stage 2: fine-tuning runs
     fd = cfg.finetune.data
@@ -641,67 +744,75 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start) -> dict:
         step += 1
         merge = plan.adapter_mode[name] == "merge_new"
         align_chain = chains[plan.run_alignment[name]]
-        out = run_dir / "finetune" / name
+        st = store.graph[name]
+        out = run_dir / st.folder
         chains[name] = (align_chain if merge else []) + [out / "adapter"]
-        if _stage_done(run_dir, out, align_chain, records, name, train):
-            say(f"[{step}/{n_stages}] fine-tuning {name}: done (outputs verified)")
-            continue
-        user = attacks.build(plan.attack, plan.attack_opts, user_pools, fd.n, p, mix_seed)
-        n_h = sum(1 for e in user if e.meta.get("poison"))
-        ds = ctx.tokenize(user)
-        attack = "" if plan.attack.name == attacks.DEFAULT else f", attack {plan.attack.name}"
-        say(f"[{step}/{n_stages}] fine-tuning {name}: {entry.name} from {plan.run_alignment[name]} "
-            f"on {len(ds)} user samples ({n_h} harmful, p={p}{attack})")
-        set_seed(cfg.seed)
-        model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
-        ctx.stage_key = f"finetune.runs.{name}"
-        records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed,
-                                     progress=f"finetune/{name}")
-        records[name]["harmful_samples"] = n_h
-        if attack:  # the default attack's record is as it was before attacks existed
-            records[name]["attack"] = plan.attack.name
-        write_json(out / "record.json", records[name])
-        del model
-        _finish_stage(run_dir, out, align_chain, train)
+        with store.cache.lock(st, say):
+            how = _stage_done(store, st, out, align_chain, records, name, train)
+            if how:
+                say(f"[{step}/{n_stages}] fine-tuning {name}: {_reused(how)}")
+                continue
+            store.prepare(st, out, align_chain)
+            user = attacks.build(plan.attack, plan.attack_opts, user_pools, fd.n, p, mix_seed)
+            n_h = sum(1 for e in user if e.meta.get("poison"))
+            ds = ctx.tokenize(user)
+            attack = "" if plan.attack.name == attacks.DEFAULT else f", attack {plan.attack.name}"
+            say(f"[{step}/{n_stages}] fine-tuning {name}: {entry.name} from {plan.run_alignment[name]} "
+                f"on {len(ds)} user samples ({n_h} harmful, p={p}{attack})")
+            set_seed(cfg.seed)
+            model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
+            ctx.stage_key = f"finetune.runs.{name}"
+            records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed,
+                                         progress=f"finetune/{name}")
+            records[name]["harmful_samples"] = n_h
+            if attack:  # the default attack's record is as it was before attacks existed
+                records[name]["attack"] = plan.attack.name
+            write_json(out / "record.json", records[name])
+            del model
+            _finish_stage(store, st, out, align_chain, train)
 
     # ---- stage 3: post-fine-tuning defenses (their errors are prefixed with post.<name> below)
     ctx.stage_key = ""
     for name, (entry, opts) in plan.posts.items():
         step += 1
         src = cfg.post[name].source
-        out = run_dir / "post" / name
+        st = store.graph[name]
+        out = run_dir / st.folder
         chains[name] = chains[src][:-1] + [out / "adapter"]
-        if _stage_done(run_dir, out, chains[src], records, name):
-            say(f"[{step}/{n_stages}] post-fine-tuning {name}: done (outputs verified)")
-            continue
-        say(f"[{step}/{n_stages}] post-fine-tuning {name}: {entry.name} on {src}")
-        set_seed(cfg.seed)
-        ctx.source = Source(run=src, chain=list(chains[src]), alignment=plan.run_alignment[src],
-                            alignment_chain=list(chains[plan.run_alignment[src]]),
-                            adapter_mode=plan.adapter_mode[src])
-        model = models.build(cfg.model, cfg.lora, chains[src], new_adapter=False, trainable=True)
-        check_disk(out, stage_bytes(model), f"post-fine-tuning {name}")
-        from .training import peak_memory, reset_peak_memory, save_adapter
+        with store.cache.lock(st, say):
+            how = _stage_done(store, st, out, chains[src], records, name)
+            if how:
+                say(f"[{step}/{n_stages}] post-fine-tuning {name}: {_reused(how)}")
+                continue
+            store.prepare(st, out, chains[src])
+            say(f"[{step}/{n_stages}] post-fine-tuning {name}: {entry.name} on {src}")
+            set_seed(cfg.seed)
+            ctx.source = Source(run=src, chain=list(chains[src]), alignment=plan.run_alignment[src],
+                                alignment_chain=list(chains[plan.run_alignment[src]]),
+                                adapter_mode=plan.adapter_mode[src])
+            model = models.build(cfg.model, cfg.lora, chains[src], new_adapter=False, trainable=True)
+            check_disk(out, stage_bytes(model), f"post-fine-tuning {name}")
+            from .training import peak_memory, reset_peak_memory, save_adapter
 
-        reset_peak_memory()  # as a training stage measures it (training.Overhead): from the model built
-        t0 = time.perf_counter()
-        try:
-            info = entry.obj.apply(model, ctx, opts)
-        except ConfigError as e:
-            raise ConfigError(f"post.{name}: {e}") from None
-        secs = time.perf_counter() - t0
-        memory = peak_memory()
-        check_repaired(model, ctx, info, f"post-fine-tuning {name}", f"post.{name}")
-        with atomic_path(out / "adapter") as tmp:
-            save_adapter(model, tmp)  # the main process writes
-        records[name] = {"defense": entry.name, "from": src, "apply_seconds": round(secs, 2),
-                         "train_seconds": records[src]["train_seconds"], **memory, **info}
-        write_json(out / "record.json", records[name])
-        _finish_stage(run_dir, out, chains[src])
-        del model
+            reset_peak_memory()  # as a training stage measures it (training.Overhead): from the model built
+            t0 = time.perf_counter()
+            try:
+                info = entry.obj.apply(model, ctx, opts)
+            except ConfigError as e:
+                raise ConfigError(f"post.{name}: {e}") from None
+            secs = time.perf_counter() - t0
+            memory = peak_memory()
+            check_repaired(model, ctx, info, f"post-fine-tuning {name}", f"post.{name}")
+            with atomic_path(out / "adapter") as tmp:
+                save_adapter(model, tmp)  # the main process writes
+            records[name] = {"defense": entry.name, "from": src, "apply_seconds": round(secs, 2),
+                             "train_seconds": records[src]["train_seconds"], **memory, **info}
+            write_json(out / "record.json", records[name])
+            _finish_stage(store, st, out, chains[src])
+            del model
 
     # ---- evaluation
-    results = evaluate_all(cfg, plan, ctx, chains, records, run_dir)
+    results = evaluate_all(cfg, plan, ctx, chains, records, run_dir, store)
     wall = round(time.perf_counter() - t_start, 1)
     return {
         "name": cfg.name,
@@ -758,61 +869,77 @@ def check_repaired(model, ctx: Context, info: dict, label: str, key: str) -> Non
         raise UserError(f"{label}: the defense reported a non-finite {bad}; nothing was saved (check {key}'s options)")
 
 
-def evaluate_all(cfg, plan, ctx, chains, records, run_dir) -> list[dict]:
-    import torch
-
+def evaluate_all(cfg, plan, ctx, chains, records, run_dir, store: StageStore) -> list[dict]:
+    """Evaluate every variant: one eval stage each, reused when its key and inputs are unchanged."""
     e = cfg.eval
-    tok = ctx.tokenizer
     judge = None  # built on first use: a resumed run may have nothing left to judge
     harmful = ctx.examples(e.harmful, "eval.harmful")
     utility = ctx.examples(e.utility, "eval.utility") if e.utility is not None else None
     match = ctx.matcher(e.utility, "eval.utility") if e.utility is not None else None
     benign = ctx.examples(e.benign, "eval.benign") if e.benign is not None else None
-    from .eval.evaluate import evaluate_variant
-
     results = []
     say(f"[eval] {len(plan.variants)} variants × ({len(harmful)} harmful"
         f"{f', {len(utility)} task' if utility else ''}{f', {len(benign)} benign' if benign else ''} prompts)")
     for i, v in enumerate(plan.variants, 1):
-        vdir = run_dir / "eval" / v
+        st = store.graph[f"eval/{v}"]
+        vdir = run_dir / st.folder
         gen_path = run_dir / "generations" / f"{v}.jsonl"
-        if verify_manifest(run_dir, vdir, adapter_files(chains[v])):
-            results.append(json.loads((vdir / "result.json").read_text(encoding="utf-8")))
-            say(f"    [{i}/{len(plan.variants)}] {v}: done (outputs verified)")
-            continue
-        invalidate(vdir)
-        if judge is None:
-            judge = plan.judge.obj(e.judge_options)
-        t0 = time.perf_counter()
-        model = models.build(cfg.model, cfg.lora, chains[v], new_adapter=False)
-        if device() is not None:  # several processes: each generates its share on its own GPU
-            model.to(device())
-        elif torch.cuda.is_available():  # one process on a GPU machine: generate on the GPU
-            model.to("cuda")
-        m, gens = evaluate_variant(model, tok, ctx.format, judge, e, harmful, utility, match, benign, v)
-        if e.triggered:  # the same prompts in the attack's form (backdoor trigger, persona, template)
-            tm, gens["harmful_triggered"] = attacks.triggered_eval(model, tok, ctx.format, judge, e, harmful,
-                                                                   plan.attack, plan.attack_opts, v)
-            m.update(tm)
-        del model
-        bad = nonfinite(m)
-        if bad is not None:
-            raise UserError(f"evaluation of {v}: {bad} is not a finite number; no result was written")
-        rec = records.get(v, {})
-        row = {"name": v, **m, "train_seconds": rec.get("train_seconds", 0.0),
-               "step_seconds": rec.get("step_seconds"), "peak_memory_gb": rec.get("peak_memory_gb"),
-               "eval_seconds": round(time.perf_counter() - t0, 1),
-               "samples": [{"prompt": g["prompt"], "response": g["response"], "category": g["category"]}
-                           for g in gens["harmful"][: e.samples]]}
-        results.append(row)
-        lines = [json.dumps({"set": s, **g}, ensure_ascii=False) for s, gs in gens.items() for g in gs]
-        write_atomic(gen_path, "\n".join(lines) + "\n")
-        write_json(vdir / "result.json", row)
-        write_manifest(run_dir, vdir, [vdir / "result.json", gen_path], adapter_files(chains[v]))
-        fa = f", FA {row['finetune_accuracy']:.1f}" if "finetune_accuracy" in row else ""
-        trig = f" (triggered {row['triggered_harmful_score']:.1f})" if e.triggered else ""
-        say(f"    [{i}/{len(plan.variants)}] {v}: HS {row['harmful_score']:.1f}{trig}{fa} ({row['eval_seconds']:.0f} s)")
+        files = {"result.json": vdir / "result.json", "generations.jsonl": gen_path}
+        with store.cache.lock(st, say):
+            how = store.reuse(st, files, chains[v])
+            if how:
+                results.append(json.loads((vdir / "result.json").read_text(encoding="utf-8")))
+                say(f"    [{i}/{len(plan.variants)}] {v}: {_reused(how)}")
+                continue
+            judge = _evaluate_one(cfg, plan, ctx, chains, records, run_dir, store, st, v, i, judge, results, files,
+                                  harmful, utility, match, benign)
     return results
+
+
+def _evaluate_one(cfg, plan, ctx, chains, records, run_dir, store, st, v, i, judge, results, files,
+                  harmful, utility, match, benign):
+    """Evaluate the variant ``v`` (its eval stage ``st``) and keep its result; returns the judge
+    (built on first use)."""
+    import torch
+
+    from .eval.evaluate import evaluate_variant
+
+    e = cfg.eval
+    tok = ctx.tokenizer
+    vdir, gen_path = files["result.json"].parent, files["generations.jsonl"]
+    if judge is None:
+        judge = plan.judge.obj(e.judge_options)
+    t0 = time.perf_counter()
+    model = models.build(cfg.model, cfg.lora, chains[v], new_adapter=False)
+    if device() is not None:  # several processes: each generates its share on its own GPU
+        model.to(device())
+    elif torch.cuda.is_available():  # one process on a GPU machine: generate on the GPU
+        model.to("cuda")
+    m, gens = evaluate_variant(model, tok, ctx.format, judge, e, harmful, utility, match, benign, v)
+    if e.triggered:  # the same prompts in the attack's form (backdoor trigger, persona, template)
+        tm, gens["harmful_triggered"] = attacks.triggered_eval(model, tok, ctx.format, judge, e, harmful,
+                                                               plan.attack, plan.attack_opts, v)
+        m.update(tm)
+    del model
+    bad = nonfinite(m)
+    if bad is not None:
+        raise UserError(f"evaluation of {v}: {bad} is not a finite number; no result was written")
+    rec = records.get(v, {})
+    row = {"name": v, **m, "train_seconds": rec.get("train_seconds", 0.0),
+           "step_seconds": rec.get("step_seconds"), "peak_memory_gb": rec.get("peak_memory_gb"),
+           "eval_seconds": round(time.perf_counter() - t0, 1),
+           "samples": [{"prompt": g["prompt"], "response": g["response"], "category": g["category"]}
+                       for g in gens["harmful"][: e.samples]]}
+    results.append(row)
+    lines = [json.dumps({"set": s, **g}, ensure_ascii=False) for s, gs in gens.items() for g in gs]
+    write_atomic(gen_path, "\n".join(lines) + "\n")
+    write_json(vdir / "result.json", row)
+    write_manifest(run_dir, vdir, [vdir / "result.json", gen_path], adapter_files(chains[v]), key=st.key)
+    store.publish(st, files, chains[v])
+    fa = f", FA {row['finetune_accuracy']:.1f}" if "finetune_accuracy" in row else ""
+    trig = f" (triggered {row['triggered_harmful_score']:.1f})" if e.triggered else ""
+    say(f"    [{i}/{len(plan.variants)}] {v}: HS {row['harmful_score']:.1f}{trig}{fa} ({row['eval_seconds']:.0f} s)")
+    return judge
 
 
 #: The most threads ``PANACEA_THREADS`` may ask for (more is a typo, not a machine).

@@ -1,14 +1,16 @@
 """The run directory: atomic files, checksummed stage manifests, resume, locking and free space.
 
-A run directory belongs to exactly one resolved config. ``run.json``, the run marker, records the
-sha256 of its canonical YAML (``config_digest``; ``output_dir`` excluded, so a moved directory
-still resumes) and a schema; it is written first, atomically, when a run starts, and it is the only
+A run directory belongs to one resolved config at a time. ``run.json``, the run marker, records the
+sha256 of its canonical YAML (``config_digest``; ``output_dir`` and ``cache_dir`` excluded, so a moved
+directory still resumes) and a schema; it is written first, atomically, when a run starts, and it is the only
 proof that a folder is a panacea run (``read_marker``): a folder without a valid marker that holds
 anything but the lock and temporaries of an interrupted start is never written into nor deleted
 from, ``--force`` or not. ``panacea run`` on a proven run does one of three things (``open_run_dir``):
 
-* the config differs: refuse, naming the first differing dotted key (``--force`` replaces the run,
-  removing what panacea wrote and keeping any other file);
+* the config differs: the run becomes the run of the new config (``RunDir.changed`` names the first
+  differing dotted key; its results are removed, its stages stay and each is reused only if its
+  key is unchanged, docs/stages.md). ``--force`` replaces the run, removing what panacea wrote and
+  keeping any other file;
 * the run finished (``status.json`` says done and ``metrics.json`` matches its checksum): report it
   and do nothing;
 * otherwise resume: every stage whose manifest verifies is skipped, an interrupted training stage
@@ -18,7 +20,7 @@ A stage's manifest ``done.json`` is written last, after all its outputs, and lis
 every output file and of every input adapter file it was built from::
 
     {"stage": "finetune/panacea", "files": {"finetune/panacea/adapter/...": "<sha256>", ...},
-     "inputs": {"alignment/adapter/adapter_model.safetensors": "<sha256>", ...}}
+     "inputs": {"alignment/adapter/adapter_model.safetensors": "<sha256>", ...}, "key": "<stage key>"}
 
 A stage counts as done only if every listed file still has its checksum, so a truncated file, a
 half-written directory or a re-trained upstream stage with different weights re-runs it. Every
@@ -206,13 +208,18 @@ def write_manifest(run_dir: Path, stage_dir: Path, files: list[Path], inputs: li
     })
 
 
-def verify_manifest(run_dir: Path, stage_dir: Path, inputs: list[Path]) -> bool:
+def verify_manifest(run_dir: Path, stage_dir: Path, inputs: list[Path], key: str | None = None,
+                    legacy: bool = False) -> bool:
     """True if ``stage_dir`` is done: its manifest exists, every listed output still has its
-    checksum, and it was built from exactly the current ``inputs``."""
+    checksum, and it was built from exactly the current ``inputs``; with ``key``, for that stage
+    key (stages.py) too. A manifest written before stage keys existed (none recorded) counts
+    only with ``legacy`` (the run directory's config is unchanged)."""
     try:
         m = json.loads((stage_dir / MANIFEST).read_text(encoding="utf-8"))
         files, recorded = m["files"], m["inputs"]
         if not files or not isinstance(files, dict) or not isinstance(recorded, dict):
+            return False
+        if key is not None and not (m.get("key") == key or ("key" not in m and legacy)):
             return False
         for rel, digest in files.items():
             if sha256_file(run_dir / rel) != digest:
@@ -263,10 +270,14 @@ def _drop_defaults(data: dict) -> dict:
     return data
 
 
+#: Top-level keys that say where a run is kept, not what it computes.
+_NOT_IDENTITY = ("output_dir", "cache_dir")
+
+
 def canonical(resolved: dict) -> str:
-    """The canonical YAML of a resolved config (sorted keys, ``output_dir`` left out, and unset
+    """The canonical YAML of a resolved config (sorted keys, ``output_dir`` and ``cache_dir`` left out, and unset
     ``_UNSET_NOT_IDENTITY`` keys and ``_DEFAULT_NOT_IDENTITY`` keys at their default)."""
-    data = _drop_defaults({k: _identity(v) for k, v in resolved.items() if k != "output_dir"})
+    data = _drop_defaults({k: _identity(v) for k, v in resolved.items() if k not in _NOT_IDENTITY})
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
@@ -278,7 +289,7 @@ def first_difference(old, new, key: str = "") -> str | None:
     """The first dotted key (in ``new``'s order) whose value differs between two resolved configs."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in [*new, *(k for k in old if k not in new)]:
-            if k == "output_dir" and not key:
+            if k in _NOT_IDENTITY and not key:
                 continue
             sub = f"{key}.{k}" if key else str(k)
             if k not in old or k not in new:
@@ -322,7 +333,7 @@ _OLD_DIR = re.compile(r"\.(.+)\.old-\d+")
 #: analyze): ``--force`` removes these from a proven run and keeps anything else.
 _OWN_FILES = {"config.yaml", MARKER_FILE, "status.json", "metrics.json", "timings.json", "summary.json",
               "results.md", "hs_fa.png"}
-_OWN_DIRS = {"alignment", "finetune", "post", "eval", "generations", "exports", "analysis"}
+_OWN_DIRS = {"alignment", "finetune", "post", "eval", "generations", "exports", "analysis", "cache"}
 _OWN_PATTERNS = (re.compile(r"rejudge_[A-Za-z0-9_.+-]+(\.json)?"), re.compile(r"seed_-?\d+"))
 
 
@@ -463,11 +474,13 @@ def secret_in(resolved: dict) -> tuple[str, str] | None:
 class RunDir:
     """An open run directory, locked against a second ``panacea run`` on it.
 
-    ``mode`` is ``new``, ``resume`` (an unfinished run of the same config) or ``complete``.
+    ``mode`` is ``new``, ``resume`` (an unfinished run, or one whose config changed: ``changed``
+    then names the first difference, and each stage is reused only if its key is unchanged) or
+    ``complete``.
     """
 
-    def __init__(self, path: Path, mode: str, digest: str, lock):
-        self.path, self.mode, self.digest, self._lock = path, mode, digest, lock
+    def __init__(self, path: Path, mode: str, digest: str, lock, changed: str | None = None):
+        self.path, self.mode, self.digest, self._lock, self.changed = path, mode, digest, lock, changed
 
     def close(self) -> None:
         if self._lock is not None:
@@ -535,9 +548,9 @@ def open_run_dir(run_dir: Path, resolved: dict, force: bool) -> RunDir:
     Raises:
         UserError: ``run_dir`` is a file, or a folder that is not a panacea run (with or without
             ``force``: such a folder is never written into nor deleted from); the config holds
-            the value of a hub token variable; the run belongs to a different config (naming the
-            first differing key) or its ``config.yaml`` was changed (``force`` replaces the run:
-            it removes what panacea wrote and keeps any other file); another process uses it.
+            the value of a hub token variable; the run's ``config.yaml`` was changed by hand
+            (``force`` replaces the run: it removes what panacea wrote and keeps any other file);
+            another process uses it. A run of a different config is taken over (``_change_config``).
     """
     run_dir = resolve_run_dir(run_dir)
     shown = repr(str(run_dir)) if len(str(run_dir)) <= 200 else repr(str(run_dir)[:199] + "…")
@@ -571,9 +584,11 @@ def open_run_dir(run_dir: Path, resolved: dict, force: bool) -> RunDir:
                 print(f"panacea: --force kept {len(kept)} file(s) in {shown} that panacea did not write: "
                       f"{', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}", flush=True)
         elif after == "run":
-            _same_config(run_dir, resolved, digest)
-            rd = RunDir(run_dir, "resume", digest, lock)
-            if rd.completed("metrics.json") is not None or rd.completed("summary.json") is not None:
+            changed = _same_config(run_dir, resolved, digest)
+            if changed is not None:
+                _change_config(run_dir, resolved, digest)
+            rd = RunDir(run_dir, "resume", digest, lock, changed)
+            if changed is None and (rd.completed("metrics.json") is not None or rd.completed("summary.json") is not None):
                 rd.mode = "complete"
             return rd
         write_json(run_dir / MARKER_FILE, {"schema": SCHEMA, "config_sha256": digest,
@@ -588,11 +603,17 @@ def open_run_dir(run_dir: Path, resolved: dict, force: bool) -> RunDir:
         raise
 
 
-def _same_config(run_dir: Path, resolved: dict, digest: str) -> None:
-    """Refuse a proven run of another config (``read_marker`` has vouched for ``run.json``).
+def _same_config(run_dir: Path, resolved: dict, digest: str) -> str | None:
+    """Check the recorded config of a proven run (``read_marker`` has vouched for ``run.json``);
+    return None when it is ``resolved``, else the first difference (``key: old → new``).
 
     A run killed between its marker and its ``config.yaml`` (the first milliseconds of a start)
-    gets its ``config.yaml`` now when the marker records this very config.
+    gets its ``config.yaml`` now when the marker records this very config; one killed while its
+    config was being changed (``config.yaml`` already the new config) counts as that new config.
+
+    Raises:
+        UserError: ``config.yaml`` was changed or damaged by hand (it is neither the recorded
+            config nor ``resolved``).
     """
     shown = repr(str(run_dir))
     hint = "pass --force to replace it or set output_dir=<new folder>"
@@ -603,14 +624,34 @@ def _same_config(run_dir: Path, resolved: dict, digest: str) -> None:
         old = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         old = None
+    if isinstance(old, dict) and config_digest(old) == digest != recorded:
+        return "an interrupted change of config"
     if not isinstance(old, dict) or config_digest(old) != recorded:
         raise UserError(f"output directory {shown} already holds a run whose config.yaml was changed or damaged; {hint}")
-    if recorded != digest:
-        key = first_difference(old, resolved) or "the config"
-        raise UserError(
-            f"output directory {shown} already holds a run of a different config "
-            f"(first difference: {key}: {_short(_lookup(old, key))} → {_short(_lookup(resolved, key))}); {hint}"
-        )
+    if recorded == digest:
+        return None
+    key = first_difference(old, resolved) or "the config"
+    return f"{key}: {_short(_lookup(old, key))} → {_short(_lookup(resolved, key))}"
+
+
+#: What a finished run writes from all its stages: removed when the config of the run changes,
+#: so no result of the old config is left looking like one of the new config.
+_RESULT_FILES = ("metrics.json", "summary.json", "timings.json", "results.md", "hs_fa.png", "status.json")
+
+
+def _change_config(run_dir: Path, resolved: dict, digest: str) -> None:
+    """Make the proven run ``run_dir`` the run of ``resolved``: drop its results, write
+    ``config.yaml`` then the marker (a kill in between leaves ``config.yaml`` new and the marker
+    old, which ``_same_config`` accepts as the new config). Its stages stay; each is reused only
+    if its key is unchanged (stages.py)."""
+    for name in _RESULT_FILES:
+        p = run_dir / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    old = read_marker(run_dir) or {}
+    write_json(run_dir / MARKER_FILE, {"schema": SCHEMA, "config_sha256": digest,
+                                       "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))})
 
 
 # --------------------------------------------------------------------------- free space

@@ -51,6 +51,8 @@ def run_seeds(cfg, force: bool = False) -> tuple[dict, dict[int, dict]]:
         if rd.mode == "complete":
             say(f"{rd.path} is complete (summary.json verified): nothing to do; --force runs it again")
             return rd.completed("summary.json"), {}
+        if rd.changed:
+            say(f"{rd.path}: the config changed ({rd.changed}); each seed's run reuses the stages whose key is unchanged")
         rd.set_status("running", seeds=seeds, resumed=rd.mode == "resume")
         per_seed: dict[int, dict] = {}
         try:

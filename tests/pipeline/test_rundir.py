@@ -10,8 +10,8 @@ import torch
 
 from panacea.checkpoint import MARKER, latest_checkpoint, load_state, save_state
 from panacea.errors import UserError
-from panacea.rundir import (atomic_path, config_digest, first_difference, open_run_dir, redact, verify_manifest,
-                            write_atomic, write_manifest)
+from panacea.rundir import (atomic_path, config_digest, first_difference, open_run_dir, read_marker, redact,
+                            verify_manifest, write_atomic, write_manifest)
 from panacea.training import CyclingLoader
 
 CFG = {"name": "x", "seed": 1, "output_dir": "a", "finetune": {"data": {"n": 16}, "runs": {"sft": {"defense": "sft"}}}}
@@ -35,13 +35,30 @@ def test_a_run_directory_belongs_to_one_config(tmp_path):
         rd.finish("metrics.json", {"results": []})
     with open_run_dir(run, CFG, force=False) as rd:
         assert rd.mode == "complete" and rd.completed("metrics.json") == {"results": []}
-    with pytest.raises(UserError, match=r"different config \(first difference: finetune.data.n: 16 → 12\)"):
-        open_run_dir(run, changed(n=12), force=False)
-    with open_run_dir(run, changed(n=12), force=True) as rd:
+    # another config takes the run over (its stages are reused by key, stages.py): the old results go
+    with open_run_dir(run, changed(n=12), force=False) as rd:
+        assert rd.mode == "resume" and rd.changed == "finetune.data.n: 16 → 12"
+        assert not (run / "metrics.json").exists() and not (run / "status.json").exists()
+        assert read_marker(run)["config_sha256"] == config_digest(changed(n=12))
+    with open_run_dir(run, changed(n=12), force=False) as rd:
+        assert rd.mode == "resume" and rd.changed is None
+    with open_run_dir(run, changed(n=11), force=True) as rd:
         assert rd.mode == "new" and not (run / "metrics.json").exists()
     (run / "config.yaml").write_text("name: edited\n")
     with pytest.raises(UserError, match="config.yaml was changed or damaged"):
-        open_run_dir(run, changed(n=12), force=False)
+        open_run_dir(run, changed(n=11), force=False)
+
+
+def test_a_kill_while_the_config_changes_leaves_the_new_config(tmp_path):
+    run = tmp_path / "run"
+    with open_run_dir(run, CFG, force=False):
+        pass
+    import yaml
+
+    (run / "config.yaml").write_text(yaml.safe_dump(changed(n=12)))  # written first; the marker not yet
+    with open_run_dir(run, changed(n=12), force=False) as rd:
+        assert rd.mode == "resume" and rd.changed == "an interrupted change of config"
+    assert read_marker(run)["config_sha256"] == config_digest(changed(n=12))
 
 
 def test_other_folders_and_busy_runs_are_refused(tmp_path):
