@@ -294,7 +294,7 @@ def judge_options(items: list[str]) -> dict:
 
 def cmd_judge_eval(args) -> int:
     from .eval.judge_eval import format_judge_report, judge_report, load_labelled
-    from .pipeline import write_json
+    from .rundir import write_json
     from .registry import JUDGES
 
     entry = JUDGES.get(args.judge, "--judge")
@@ -350,7 +350,7 @@ def cmd_run(cfg, force: bool) -> int:
     from .report import format_results, format_summary
 
     run = run_experiment(cfg, force=force)
-    # only the main process prints the tables (and writes the run files, see pipeline.write_atomic)
+    # only the main process prints the tables (and writes the run files, see rundir.write_atomic)
     if not is_main():
         return 0
     if not cfg.seeds:

@@ -59,8 +59,7 @@ from .defenses.base import ChecksSource, RecordsStage
 from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, DataError, NonFiniteError, UserError
 from .provenance import machine, provenance
-# metrics.json / timings.json helpers live in timings.py (no torch import), re-exported here
-from .timings import TIMING_KEYS, TIMING_TOP, load_metrics, merge_timings, read_timings, split_timings  # noqa: F401
+from .timings import merge_timings, read_timings, split_timings
 from .registry import DATASETS, DEFENSES, JUDGES
 from .distributed import barrier, device, init, is_main, num_processes, on_main
 from .rundir import (MANIFEST, RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
@@ -436,7 +435,8 @@ def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, 
     from transformers import set_seed
 
     from .checkpoint import CheckpointState, NumericsGuard, latest_checkpoint
-    from .training import Overhead, name_progress, save_adapter, training_arguments
+    from .models import save_adapter
+    from .training import Overhead, name_progress, training_arguments
 
     check_disk(out_dir, stage_bytes(model, train), label)
     ckpt = latest_checkpoint(out_dir)
@@ -792,7 +792,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
                                 adapter_mode=plan.adapter_mode[src])
             model = models.build(cfg.model, cfg.lora, chains[src], new_adapter=False, trainable=True)
             check_disk(out, stage_bytes(model), f"post-fine-tuning {name}")
-            from .training import peak_memory, reset_peak_memory, save_adapter
+            from .models import save_adapter
+            from .training import peak_memory, reset_peak_memory
 
             reset_peak_memory()  # as a training stage measures it (training.Overhead): from the model built
             t0 = time.perf_counter()

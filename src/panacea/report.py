@@ -319,11 +319,12 @@ def write_results(folder: str | Path, name: str, rows: list[dict], judge: str | 
     """Write ``folder/hs_fa.png`` and ``folder/results.md`` (main process only) and return the
     path of ``results.md``. A plot that cannot be drawn (matplotlib missing) is noted in
     ``results.md`` instead of failing the run."""
-    from .rundir import _main_process, write_atomic
+    from .distributed import is_main
+    from .rundir import write_atomic
 
     folder = Path(folder)
     plot, note = PLOT, ""
-    if _main_process():
+    if is_main():
         try:
             from .plots import plot_hs_fa, point
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from .distributed import is_main
 from .errors import UserError
 
 MANIFEST = "done.json"
@@ -83,7 +84,7 @@ def write_atomic(path: Path, text: str) -> None:
 
     On several processes (``accelerate launch``) only the main process writes; elsewhere a no-op.
     """
-    if not _main_process():
+    if not is_main():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,16 +98,6 @@ def write_atomic(path: Path, text: str) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-
-
-def _main_process() -> bool:
-    import sys
-
-    if "torch" not in sys.modules:  # nothing distributed can have started
-        return True
-    from .distributed import is_main
-
-    return is_main()
 
 
 def _finite(obj):
@@ -198,7 +189,7 @@ def _rel(run_dir: Path, p: Path) -> str:
 def write_manifest(run_dir: Path, stage_dir: Path, files: list[Path], inputs: list[Path], **info) -> None:
     """Mark a stage done: ``stage_dir/done.json`` with the checksums of ``files`` and ``inputs``
     (by the main process only: the files are its own)."""
-    if not _main_process():
+    if not is_main():
         return
     write_json(stage_dir / MANIFEST, {
         "stage": _rel(run_dir, stage_dir),
@@ -329,7 +320,7 @@ _TMP_FILE = re.compile(r"\..+\.\d+\.tmp")
 _TMP_DIR = re.compile(r"\..+\.tmp-[A-Za-z0-9_]+")
 _OLD_DIR = re.compile(r"\.(.+)\.old-\d+")
 
-#: What a run directory holds at its top level (pipeline.py, eval/seeds.py, rejudge, export,
+#: What a run directory holds at its top level (pipeline.py, seeds.py, rejudge, export,
 #: analyze): ``--force`` removes these from a proven run and keeps anything else.
 _OWN_FILES = {"config.yaml", MARKER_FILE, "status.json", "metrics.json", "timings.json", "summary.json",
               "results.md", "hs_fa.png"}

@@ -40,6 +40,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .distributed import is_main
 from .errors import ConfigError
 from .rundir import MANIFEST, adapter_files, atomic_path, sha256_file, write_json
 
@@ -307,9 +308,7 @@ class Cache:
     def publish(self, st: Stage, files: dict[str, Path], inputs: list[Path]) -> None:
         """Keep ``files`` (entry name → file in the run directory) as the entry of ``st``,
         atomically (a folder renamed into place); an entry that verifies is left as it is."""
-        from .rundir import _main_process
-
-        if not _main_process() or (self.read and self.lookup(st, inputs) is not None):
+        if not is_main() or (self.read and self.lookup(st, inputs) is not None):
             return
         with atomic_path(self.entry(st)) as tmp:
             for rel, src in files.items():
@@ -322,9 +321,7 @@ class Cache:
     def lock(self, st: Stage, say=print):
         """Hold ``<root>/<kind>/<key>.lock`` while ``st`` is computed: a second process that
         computes the same stage waits here (one line), then finds it in the cache."""
-        from .rundir import _main_process
-
-        if not _main_process():
+        if not is_main():
             yield
             return
         folder = self.root / st.kind

@@ -22,13 +22,4 @@ from .memory import Overhead, peak_memory, release_freed_memory, reset_peak_memo
 __all__ = ["AuxiliaryMixin", "CyclingLoader", "NamedProgress", "Overhead", "accumulate_grads", "add_auxiliary_logs",
            "check_finite", "full_tensors", "micro_batch_scale", "name_progress", "peak_memory", "per_device_batch_size",
            "process_gradients", "process_mean", "release_freed_memory", "require_gradient_access", "reset_peak_memory",
-           "save_adapter", "token_share", "training_arguments"]
-
-
-def __getattr__(name):
-    """``save_adapter`` moved to ``panacea.models``; resolved lazily here (models imports this package)."""
-    if name == "save_adapter":
-        from ..models import save_adapter
-
-        return save_adapter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+           "token_share", "training_arguments"]
