@@ -37,12 +37,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ..config import ExperimentConfig, load_config, read_yaml, to_dict
 from ..errors import ConfigError, UserError
 from ..eval.stats import mean_ci
 from ..paths import expand_path
 from ..registry import load_builtins
-from ..rundir import RunDir, config_digest, open_run_dir, read_marker, write_atomic, write_json
+from ..rundir import RunDir, config_digest, first_difference, open_run_dir, read_marker, write_atomic, write_json
 from ..timings import merge_timings, read_timings
 from .engines import Job, make_engine, preflight
 from .spec import (DEFAULT_FA_MARGIN, EXECUTION_KEYS, SweepSpec, cell_id, grid_cells, parse, short_names,
@@ -259,10 +261,22 @@ def validate_sweep(config, overrides: list[str] = (), check_data: bool = False) 
 
 def open_sweep_dir(sweep_dir: Path, base: dict, section: dict, force: bool):
     """The sweep folder, opened as a run directory: locked, resumed with the same sweep, refused
-    (naming the first differing key) with another one unless ``force``."""
+    (naming the first differing key) with another one unless ``force``. A run directory takes over
+    a changed config and reuses its stages (docs/stages.md); a sweep folder holds one sweep's table,
+    so another sweep is refused here, before ``open_run_dir`` would take it over."""
 
-    identity = {"sweep": {k: v for k, v in section.items() if k not in EXECUTION_KEYS}, "experiment": base}
-    return open_run_dir(sweep_dir, json.loads(json.dumps(identity, default=str)), force)
+    identity = json.loads(json.dumps(
+        {"sweep": {k: v for k, v in section.items() if k not in EXECUTION_KEYS}, "experiment": base}, default=str))
+    marker = read_marker(sweep_dir)
+    if marker is not None and not force and marker.get("config_sha256") != config_digest(identity):
+        try:
+            old = yaml.safe_load((sweep_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            old = {}
+        diff = first_difference(old, identity) or "its config"
+        raise UserError(f"{sweep_dir} holds another sweep ({diff} differs): choose another --out, or pass --force "
+                        "to replace it (finished points of an unchanged config are still read)")
+    return open_run_dir(sweep_dir, identity, force)
 
 
 def plan_text(spec: SweepSpec, points: list[Point], sweep_dir: Path, runs: list[str]) -> str:
