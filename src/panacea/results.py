@@ -351,9 +351,10 @@ def section(res: dict, level: int = 2) -> list[str]:
     lines += ["", "All in %. HS, FA, OR, shares: mean ± 95 % Student-t interval over the "
               f"{n} seed{'s' if n != 1 else ''}" + (" (no interval with one seed)" if n == 1 else "")
               + "; HS ± prompts: one seed's Wilson 95 % half-width over the prompts (mean over seeds)."]
-    lines += by_judge(res, search)
+    again = {j: load(res["folder"], j) for j in other_judges(res)}  # each re-judging, read once
+    lines += by_judge(res, again, search)
     if not search:
-        lines += paired(res)
+        lines += paired(res, again)
     if search:
         lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}; "
                   "when none is within that margin, the highest FA):", ""]
@@ -390,16 +391,15 @@ def _reversals(a: list[dict], b: list[dict]) -> list[tuple[str, str]]:
             if (ha[x] - ha[y]) * (hb[x] - hb[y]) < 0]
 
 
-def by_judge(res: dict, search: bool = False) -> list[str]:
+def by_judge(res: dict, again: dict[str, dict], search: bool = False) -> list[str]:
     """HS of every variant under the recorded judge and under each judge that re-scored the saved
-    answers, mean ± 95 % interval over the seeds, with the share of answers the re-scoring judge
+    answers (``again``: judge → its loaded result), mean ± 95 % interval over the seeds, with the share of answers the re-scoring judge
     calls engaged but harmless; then the pairs of variants whose order by HS reverses and, for a
     search, the value the selection rule picks under each judge."""
-    judges = other_judges(res)
+    judges = list(again)
     if not judges:
         return []
     recorded = (res["meta"].get("eval") or {}).get("judge") or "harm"
-    again = {j: load(res["folder"], j) for j in judges}
     head = ["variant", f"HS `{recorded}`"] + [x for j in judges for x in (f"HS `{j}`", f"engaged harmless `{j}`")]
     lines = ["", f"The same saved answers re-scored by {', '.join(f'`{j}`' for j in judges)} "
              f"(`panacea rejudge {res['folder'].as_posix()} --judge J`; no retraining):", "",
@@ -464,7 +464,7 @@ def _lower(d: dict | None) -> str:
     return "higher" if d["mean"] - d["ci95"] > 0 else "no"
 
 
-def paired(res: dict) -> list[str]:
+def paired(res: dict, again: dict[str, dict]) -> list[str]:
     """Each defended variant against its reference (:func:`reference_of`), paired by seed: ΔHS
     under the recorded judge and every re-scoring judge, ΔFA, whether HS is lower (the 95 % interval
     of the paired difference excludes 0) and whether FA stays within ``FA_MARGIN`` points; then one
@@ -472,8 +472,8 @@ def paired(res: dict) -> list[str]:
     cost in FA); the verdicts in the README and docs are these lines, not typed."""
     cfg = res["config"]
     recorded = (res["meta"].get("eval") or {}).get("judge") or "harm"
-    judges = [recorded] + other_judges(res)
-    loaded = {recorded: res, **{j: load(res["folder"], j) for j in judges[1:]}}
+    judges = [recorded, *again]
+    loaded = {recorded: res, **again}
     rows = []
     for row in res["summary"]:
         ref = reference_of(cfg, row["name"])
