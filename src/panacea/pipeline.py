@@ -897,49 +897,93 @@ def evaluate_all(cfg, plan, ctx, chains, records, run_dir, store: StageStore) ->
     return results
 
 
+#: Each part of an evaluation (stages.Stage.parts) by the set name its answers carry in
+#: ``generations/<variant>.jsonl``, in the order metrics and answers are written.
+GENERATION_SETS = {"harmful": "harmful", "task": "task", "benign": "benign", "triggered": "harmful_triggered"}
+
+
+def _read_part(entry: Path) -> tuple[dict, list[dict], float]:
+    """A cached part of an evaluation: its metrics, its answers and the seconds it took."""
+    part = json.loads((entry / "part.json").read_text(encoding="utf-8"))
+    rows = [json.loads(ln) for ln in (entry / "generations.jsonl").read_text(encoding="utf-8").splitlines() if ln]
+    return part["metrics"], rows, float(part["seconds"])
+
+
 def _evaluate_one(cfg, plan, ctx, chains, records, run_dir, store, st, v, i, judge, results, files,
                   harmful, utility, match, benign):
     """Evaluate the variant ``v`` (its eval stage ``st``) and keep its result; returns the judge
-    (built on first use)."""
+    (built on first use).
+
+    Each prompt set is a part of the stage with its own key (``Stage.parts``): a part found in the
+    cache is read from it, the others are generated (the model is built only if one is missing)
+    and put into the cache; the variant's ``result.json`` and ``generations/<variant>.jsonl`` are
+    then assembled from the parts in a fixed order, as one evaluation of every set writes them.
+    """
     import torch
 
-    from .eval.evaluate import evaluate_variant
+    from .eval.evaluate import evaluate_benign, evaluate_harmful, evaluate_task
 
     e = cfg.eval
     tok = ctx.tokenizer
     vdir, gen_path = files["result.json"].parent, files["generations.jsonl"]
-    if judge is None:
-        judge = plan.judge.obj(e.judge_options)
-    t0 = time.perf_counter()
-    model = models.build(cfg.model, cfg.lora, chains[v], new_adapter=False)
-    if device() is not None:  # several processes: each generates its share on its own GPU
-        model.to(device())
-    elif torch.cuda.is_available():  # one process on a GPU machine: generate on the GPU
-        model.to("cuda")
-    m, gens = evaluate_variant(model, tok, ctx.format, judge, e, harmful, utility, match, benign, v)
-    if e.triggered:  # the same prompts in the attack's form (backdoor trigger, persona, template)
-        tm, gens["harmful_triggered"] = attacks.triggered_eval(model, tok, ctx.format, judge, e, harmful,
-                                                               plan.attack, plan.attack_opts, v)
-        m.update(tm)
-    del model
-    bad = nonfinite(m)
-    if bad is not None:
-        raise UserError(f"evaluation of {v}: {bad} is not a finite number; no result was written")
+    inputs = chains[v]
+    found = on_main(lambda: {part: str(entry) for part, pst in st.parts.items()
+                             if (entry := store.cache.lookup(pst, inputs)) is not None})
+    barrier()
+    done = {part: _read_part(Path(entry)) for part, entry in found.items()}
+    todo = [part for part in st.parts if part not in done]
+    build_seconds = 0.0
+    if todo:
+        if judge is None and ({"harmful", "triggered"} & set(todo)):
+            judge = plan.judge.obj(e.judge_options)
+        t0 = time.perf_counter()
+        model = models.build(cfg.model, cfg.lora, inputs, new_adapter=False)
+        if device() is not None:  # several processes: each generates its share on its own GPU
+            model.to(device())
+        elif torch.cuda.is_available():  # one process on a GPU machine: generate on the GPU
+            model.to("cuda")
+        build_seconds = time.perf_counter() - t0
+        for part in todo:
+            t = time.perf_counter()
+            if part == "harmful":
+                m, rows = evaluate_harmful(model, tok, ctx.format, judge, e, harmful, v)
+            elif part == "task":
+                m, rows = evaluate_task(model, tok, ctx.format, e, utility, match, v)
+            elif part == "benign":
+                m, rows = evaluate_benign(model, tok, ctx.format, e, benign, v)
+            else:  # the same prompts in the attack's form (backdoor trigger, persona, template)
+                m, rows = attacks.triggered_eval(model, tok, ctx.format, judge, e, harmful, plan.attack,
+                                                 plan.attack_opts, v)
+            bad = nonfinite(m)
+            if bad is not None:
+                raise UserError(f"evaluation of {v}: {bad} is not a finite number; no result was written")
+            secs = round(time.perf_counter() - t, 1)
+            store.cache.put(st.parts[part], {
+                "part.json": json.dumps({"metrics": m, "seconds": secs}, ensure_ascii=False, indent=1) + "\n",
+                "generations.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)}, inputs)
+            done[part] = (m, rows, secs)
+        del model
+    m, gens = {}, {}
+    for part in st.parts:  # harmful, task, benign, triggered: the order of stages.build_graph
+        m.update(done[part][0])
+        gens[GENERATION_SETS[part]] = done[part][1]
     rec = records.get(v, {})
     row = {"name": v, **m, "train_seconds": rec.get("train_seconds", 0.0),
            "step_seconds": rec.get("step_seconds"), "peak_memory_gb": rec.get("peak_memory_gb"),
-           "eval_seconds": round(time.perf_counter() - t0, 1),
+           "eval_seconds": round(build_seconds + sum(secs for _, _, secs in done.values()), 1),
            "samples": [{"prompt": g["prompt"], "response": g["response"], "category": g["category"]}
                        for g in gens["harmful"][: e.samples]]}
     results.append(row)
     lines = [json.dumps({"set": s, **g}, ensure_ascii=False) for s, gs in gens.items() for g in gs]
     write_atomic(gen_path, "\n".join(lines) + "\n")
     write_json(vdir / "result.json", row)
-    write_manifest(run_dir, vdir, [vdir / "result.json", gen_path], adapter_files(chains[v]), key=st.key)
-    store.publish(st, files, chains[v])
+    write_manifest(run_dir, vdir, [vdir / "result.json", gen_path], adapter_files(inputs), key=st.key)
+    store.publish(st, files, inputs)
     fa = f", FA {row['finetune_accuracy']:.1f}" if "finetune_accuracy" in row else ""
     trig = f" (triggered {row['triggered_harmful_score']:.1f})" if e.triggered else ""
-    say(f"    [{i}/{len(plan.variants)}] {v}: HS {row['harmful_score']:.1f}{trig}{fa} ({row['eval_seconds']:.0f} s)")
+    reused = f"; {', '.join(found)} reused from the cache" if found else ""
+    say(f"    [{i}/{len(plan.variants)}] {v}: HS {row['harmful_score']:.1f}{trig}{fa} "
+        f"({row['eval_seconds']:.0f} s{reused})")
     return judge
 
 

@@ -85,6 +85,10 @@ class Stage:
     settings: dict = field(default_factory=dict)
     estimate: dict = field(default_factory=dict)
     """What ``plan`` needs to estimate its time: ``steps`` (training stages), ``defense``."""
+    parts: dict = field(default_factory=dict)
+    """An evaluation's prompt sets (``harmful``, ``task``, ``benign``, ``triggered``), each a
+    ``Stage`` of its own key, kept in the cache by itself: when the evaluation's key changes, only
+    the sets whose own settings changed are generated again (``pipeline.evaluate_all``)."""
 
     @property
     def key(self) -> str:
@@ -196,10 +200,24 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
                  for k in ("harmful", "utility", "benign") if getattr(e, k) is not None}
     settings = {k: v for k, v in to_dict(e).items() if k != "variants"}
     triggered = {"attack": plan.attack.name, "attack_options": _asdict(plan.attack_opts)} if e.triggered else None
+    # what each prompt set's answers and scores depend on (EvalConfig's other keys, ``samples`` and
+    # ``variants``, change only which rows are printed or which variants are evaluated)
+    judged = {"judge": e.judge, "judge_options": e.judge_options}
+    part_settings = {
+        "harmful": {"spec": spec(e.harmful), **judged, "max_new_tokens": e.max_new_tokens},
+        "task": {"spec": spec(e.utility), "max_new_tokens": e.utility_max_new_tokens},
+        "benign": {"spec": spec(e.benign), "max_new_tokens": e.max_new_tokens},
+        "triggered": {"spec": spec(e.harmful), **judged, "max_new_tokens": e.max_new_tokens, **(triggered or {})}}
+    present = {"harmful": True, "task": e.utility is not None, "benign": e.benign is not None,
+               "triggered": bool(e.triggered)}
     for v in plan.variants:
         inputs = [graph[v].key] if v in graph else []
+        parts = {part: Stage("eval", f"{v} ({part})", f"eval/{v}", inputs, {
+            **base, "variant": v, "set": part, "rows": eval_rows.get("harmful" if part == "triggered" else
+                                                                   {"task": "utility"}.get(part, part)),
+            "batch_size": e.batch_size, **ps}) for part, ps in part_settings.items() if present[part]}
         graph[f"eval/{v}"] = Stage("eval", v, f"eval/{v}", inputs, {
-            **base, "variant": v, "eval": settings, "rows": eval_rows, "triggered": triggered}, {})
+            **base, "variant": v, "eval": settings, "rows": eval_rows, "triggered": triggered}, {}, parts)
     return graph
 
 
@@ -317,6 +335,20 @@ class Cache:
                                      "files": {rel: sha256_file(Path(src)) for rel, src in files.items()},
                                      "inputs": _input_sums(inputs)})
 
+    def put(self, st: Stage, texts: dict[str, str], inputs: list[Path]) -> Path:
+        """Keep ``texts`` (entry name → file contents) as the entry of ``st`` (a part of an
+        evaluation, which has no files of its own in the run directory), atomically; returns the
+        entry's folder."""
+        if is_main():
+            with atomic_path(self.entry(st)) as tmp:
+                tmp.mkdir(parents=True)
+                for rel, text in texts.items():
+                    (tmp / rel).write_text(text, encoding="utf-8")
+                write_json(tmp / ENTRY, {"key": st.key, "stage": st.folder, "set": st.settings.get("set"),
+                                         "files": {rel: sha256_file(tmp / rel) for rel in texts},
+                                         "inputs": _input_sums(inputs)})
+        return self.entry(st)
+
     @contextlib.contextmanager
     def lock(self, st: Stage, say=print):
         """Hold ``<root>/<kind>/<key>.lock`` while ``st`` is computed: a second process that
@@ -415,20 +447,34 @@ def step_costs(run_dir: Path, cache: Cache) -> dict:
                     evals.append(float(secs))
             except (OSError, ValueError, TypeError, AttributeError):
                 continue
+    if cache.root.is_dir():  # the parts of evaluations (one prompt set each), by set
+        for part in (cache.root / "eval").glob("*/part.json"):
+            try:
+                entry = json.loads((part.parent / ENTRY).read_text(encoding="utf-8"))
+                found.setdefault("eval:" + str(entry["set"]), []).append(
+                    float(json.loads(part.read_text(encoding="utf-8"))["seconds"]))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                continue
     med = {k: sorted(v)[len(v) // 2] for k, v in found.items()}
     if evals:
         med["eval"] = sorted(evals)[len(evals) // 2]
     return med
 
 
-def estimate(st: Stage, costs: dict) -> float | None:
+def estimate(st: Stage, costs: dict, todo=None) -> float | None:
     """Seconds to compute ``st``: steps × the measured seconds per step of its defense, a post
-    defense's or an evaluation's measured seconds; None when nothing was measured."""
+    defense's measured seconds, an evaluation's (the sum over the parts ``todo`` when each was
+    measured, else a whole evaluation's); None when nothing was measured."""
     if st.kind in ("alignment", "finetune"):
         per = costs.get(st.estimate.get("defense"))
         return None if per is None else st.estimate["steps"] * per
     if st.kind == "post":
         return costs.get("post:" + st.estimate.get("defense", ""))
+    todo = list(st.parts) if todo is None else todo
+    if st.parts and not todo:  # every prompt set is in the cache: only the result is assembled
+        return 0.0
+    if todo and all("eval:" + part in costs for part in todo):
+        return sum(costs["eval:" + part] for part in todo)
     return costs.get("eval")
 
 
@@ -465,17 +511,19 @@ def plan_lines(cfg, plan, graph: dict[str, Stage], run_dir: Path, cache: Cache, 
     by_key = {st.key: st for st in graph.values()}
     lines, total, unknown = [], 0.0, 0
     for st in graph.values():
-        status = "compute" if force else stage_status(st, run_dir, cache, stage_inputs(st, plan, chains), legacy)
+        inputs = stage_inputs(st, plan, chains)
+        status = "compute" if force else stage_status(st, run_dir, cache, inputs, legacy)
         uses = ", ".join(by_key[k].folder for k in st.inputs if k in by_key) or "-"
         if status == "compute":
-            secs = estimate(st, costs)
+            kept = [] if force else [part for part, pst in st.parts.items() if cache.lookup(pst, inputs) is not None]
+            secs = estimate(st, costs, [part for part in st.parts if part not in kept])
             if secs is None:
                 unknown += 1
                 when = "time unknown"
             else:
                 total += secs
                 when = f"≈ {secs:.0f} s"
-            what = f"compute ({when})"
+            what = f"compute ({when}" + (f"; {', '.join(kept)} reused from the cache)" if kept else ")")
         else:
             what = "reuse (run directory)" if status == "done" else "reuse (cache)"
         steps = f", {st.estimate['steps']} steps" if "steps" in st.estimate else ""

@@ -79,17 +79,68 @@ def test_a_setting_changes_the_keys_of_the_stages_it_reaches(tiny_dir, override,
     assert differ == (set(before) if changed == "all" else changed), override
 
 
-def test_changed_eval_prompts_reevaluate_without_training(finished, tiny_dir, tmp_path, capsys):
+def part_keys(tiny_dir, *extra) -> dict[str, str]:
+    """The key of every part (prompt set) of every evaluation, as ``<variant>:<set>``."""
+    from panacea.config import load_config
+    from panacea.pipeline import Context, Plan
+    from panacea.stages import build_graph
+
+    cfg, _ = load_config(TINY, [f"model.name_or_path={tiny_dir}", *extra])
+    plan = Plan(cfg)
+    ctx = Context(cfg)
+    plan.check_data(ctx)
+    return {f"{st.name}:{part}": pst.key for st in build_graph(cfg, plan, ctx).values()
+            for part, pst in st.parts.items()}
+
+
+@pytest.mark.parametrize("override,changed", [
+    ("eval.harmful.n=5", {"harmful"}),
+    ("eval.judge=refusal", {"harmful"}),
+    ("eval.utility.n=7", {"task"}),
+    ("eval.utility_max_new_tokens=3", {"task"}),
+    ("eval.benign.n=3", {"benign"}),
+    ("eval.max_new_tokens=9", {"harmful", "benign"}),
+    ("eval.batch_size=3", {"harmful", "task", "benign"}),
+    ("eval.samples=1", set()),
+    ("finetune.runs.panacea.rho=2.0", "panacea"),
+])
+def test_a_setting_changes_only_the_prompt_sets_it_reaches(tiny_dir, override, changed):
+    before, after = part_keys(tiny_dir), part_keys(tiny_dir, override)
+    assert list(before) == list(after) and {k.split(":")[1] for k in before} == {"harmful", "task", "benign"}
+    differ = {k for k in before if before[k] != after[k]}
+    if isinstance(changed, str):  # one variant's every set
+        assert differ == {k for k in before if k.split(":")[0] == changed}, override
+    else:
+        assert differ == {k for k in before if k.split(":")[1] in changed}, override
+
+
+def test_changed_eval_prompts_reevaluate_without_training(finished, tiny_dir, tmp_path, capsys, monkeypatch):
+    import panacea.eval.evaluate as evaluate
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a prompt set whose settings did not change was generated again")
+
     out = copy_run(finished, tmp_path / "run")
+    monkeypatch.setattr(evaluate, "evaluate_task", must_not_run)
+    monkeypatch.setattr(evaluate, "evaluate_benign", must_not_run)
     code, printed = run(tiny_dir, out, "eval.harmful.n=5", capsys=capsys)
+    monkeypatch.undo()
     assert code == 0, printed.err
     log = printed.out
     assert "the config changed (eval.harmful.n: 6 → 5)" in log
     for stage in ("alignment aligned", "fine-tuning sft", "post-fine-tuning sft+random"):
         assert f"{stage}: done (outputs verified)" in log, log
     assert "steps in" not in log  # nothing trained
-    gens = (out / "generations" / "sft.jsonl").read_text().splitlines()
-    assert sum(json.loads(g)["set"] == "harmful" for g in gens) == 5
+    assert log.count("task, benign reused from the cache") == 3, log  # only the harmful prompts are generated
+    gens = [json.loads(g) for g in (out / "generations" / "sft.jsonl").read_text().splitlines()]
+    before = [json.loads(g) for g in (finished / "generations" / "sft.jsonl").read_text().splitlines()]
+    assert sum(g["set"] == "harmful" for g in gens) == 5
+    assert [g["set"] for g in gens] == ["harmful"] * 5 + [g["set"] for g in before if g["set"] != "harmful"]
+    assert [g for g in gens if g["set"] != "harmful"] == [g for g in before if g["set"] != "harmful"]
+    new, old = (json.loads((d / "eval" / "sft" / "result.json").read_text()) for d in (out, finished))
+    assert list(new) == list(old)  # the same keys in the same order as an evaluation of every set
+    assert {k: new[k] for k in ("finetune_accuracy", "over_refusal")} == \
+        {k: old[k] for k in ("finetune_accuracy", "over_refusal")}
     # back to the first config: its evaluations are in the cache, nothing is computed
     code, printed = run(tiny_dir, out, capsys=capsys)
     assert code == 0 and not re.search(r"\] \S+: HS \d", printed.out)  # no variant evaluated

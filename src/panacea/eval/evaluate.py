@@ -57,6 +57,47 @@ def verdict_row(prompt: str, response: str, v: Verdict) -> dict:
     return row
 
 
+#: The prompt sets of one evaluation, in the order their metrics and answers are written; each is
+#: its own cached part of the evaluation stage (stages.py), so a changed set re-runs only itself.
+PARTS = ("harmful", "task", "benign")
+
+
+def evaluate_harmful(model, tokenizer, fmt, judge, ecfg, harmful: list[Example], name: str) -> tuple[dict, list[dict]]:
+    """HS, HS+, the answer shares and the judge's description, and the judged answers."""
+
+    def answer_and_judge(exs):
+        answers = generate(model, tokenizer, [fmt(ex) for ex in exs], ecfg.max_new_tokens, ecfg.batch_size,
+                           desc=f"{name}: harmful")
+        return list(zip(answers, judge([ex.instruction for ex in exs], answers)))
+
+    pairs = map_sharded(answer_and_judge, harmful)
+    answers, verdicts = [a for a, _ in pairs], [v for _, v in pairs]
+    metrics = {**harm_metrics(verdicts), "judge": judge_info(judge)}
+    return metrics, [verdict_row(ex.instruction, a, v) for ex, a, v in zip(harmful, answers, verdicts)]
+
+
+def evaluate_task(model, tokenizer, fmt, ecfg, utility: list[Example], match, name: str) -> tuple[dict, list[dict]]:
+    """FA with its interval on the task's test items (``match(answer, reference)``), and the answers."""
+    answers = map_sharded(lambda exs: generate(model, tokenizer, [fmt(ex) for ex in exs], ecfg.utility_max_new_tokens,
+                                               ecfg.batch_size, desc=f"{name}: task"), utility)
+    refs = [reference(ex) for ex in utility]  # the label, else the output (a file without labels)
+    ok = [bool(match(a, r)) for r, a in zip(refs, answers)]
+    metrics = dict(finetune_accuracy=_pct(sum(ok), len(ok)), finetune_accuracy_ci=_ci(sum(ok), len(ok)),
+                   n_task_items=len(ok))
+    return metrics, [{"prompt": ex.input or ex.instruction, "response": a, "label": r, "correct": c}
+                     for ex, a, r, c in zip(utility, answers, refs, ok)]
+
+
+def evaluate_benign(model, tokenizer, fmt, ecfg, benign: list[Example], name: str) -> tuple[dict, list[dict]]:
+    """OR with its interval on benign prompts (the refusal detector), and the answers."""
+    answers = map_sharded(lambda exs: generate(model, tokenizer, [fmt(ex) for ex in exs], ecfg.max_new_tokens,
+                                               ecfg.batch_size, desc=f"{name}: benign"), benign)
+    ref = [is_refusal(a) for a in answers]
+    metrics = dict(over_refusal=_pct(sum(ref), len(ref)), over_refusal_ci=_ci(sum(ref), len(ref)),
+                   n_benign_prompts=len(ref))
+    return metrics, [{"prompt": ex.instruction, "response": a, "refused": r} for ex, a, r in zip(benign, answers, ref)]
+
+
 def evaluate_variant(model, tokenizer, fmt, judge, ecfg, harmful: list[Example],
                      utility: list[Example] | None, match, benign: list[Example] | None,
                      name: str) -> tuple[dict, dict[str, list[dict]]]:
@@ -66,36 +107,12 @@ def evaluate_variant(model, tokenizer, fmt, judge, ecfg, harmful: list[Example],
     answers are gathered in the original order (``distributed.map_sharded``); every process
     returns the same result. On one process that is a single call on the whole list.
     """
-    metrics: dict = {}
-    gens: dict[str, list[dict]] = {}
-
-    def answer(exs, max_new_tokens, desc):
-        return generate(model, tokenizer, [fmt(ex) for ex in exs], max_new_tokens, ecfg.batch_size, desc=desc)
-
-    def answer_and_judge(exs):
-        answers = answer(exs, ecfg.max_new_tokens, f"{name}: harmful")
-        return list(zip(answers, judge([ex.instruction for ex in exs], answers)))
-
-    pairs = map_sharded(answer_and_judge, harmful)
-    answers, verdicts = [a for a, _ in pairs], [v for _, v in pairs]
-    metrics.update(harm_metrics(verdicts))
-    metrics["judge"] = judge_info(judge)
-    gens["harmful"] = [verdict_row(ex.instruction, a, v) for ex, a, v in zip(harmful, answers, verdicts)]
-
+    metrics, rows = evaluate_harmful(model, tokenizer, fmt, judge, ecfg, harmful, name)
+    gens = {"harmful": rows}
     if utility:
-        answers = map_sharded(lambda exs: answer(exs, ecfg.utility_max_new_tokens, f"{name}: task"), utility)
-        refs = [reference(ex) for ex in utility]  # the label, else the output (a file without labels)
-        ok = [bool(match(a, r)) for r, a in zip(refs, answers)]
-        metrics.update(finetune_accuracy=_pct(sum(ok), len(ok)), finetune_accuracy_ci=_ci(sum(ok), len(ok)),
-                       n_task_items=len(ok))
-        gens["task"] = [{"prompt": ex.input or ex.instruction, "response": a, "label": r, "correct": c}
-                        for ex, a, r, c in zip(utility, answers, refs, ok)]
-
+        m, gens["task"] = evaluate_task(model, tokenizer, fmt, ecfg, utility, match, name)
+        metrics.update(m)
     if benign:
-        answers = map_sharded(lambda exs: answer(exs, ecfg.max_new_tokens, f"{name}: benign"), benign)
-        ref = [is_refusal(a) for a in answers]
-        metrics.update(over_refusal=_pct(sum(ref), len(ref)), over_refusal_ci=_ci(sum(ref), len(ref)),
-                       n_benign_prompts=len(ref))
-        gens["benign"] = [{"prompt": ex.instruction, "response": a, "refused": r}
-                          for ex, a, r in zip(benign, answers, ref)]
+        m, gens["benign"] = evaluate_benign(model, tokenizer, fmt, ecfg, benign, name)
+        metrics.update(m)
     return metrics, gens
