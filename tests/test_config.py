@@ -42,7 +42,7 @@ def test_overrides_and_float_strings(tmp_path):
     p.write_text("name: x\nfinetune:\n  runs:\n    p: {defense: panacea}\n")
     cfg, _ = load_config(p, ["finetune.runs.p.lam=1e-2", "finetune.data.poison_ratio=0.3", "seed=7"])
     plan = Plan(cfg)
-    assert plan.runs["p"][1].lam == 0.01
+    assert plan.runs["p"].options.lam == 0.01
     assert cfg.finetune.data.poison_ratio == 0.3 and cfg.seed == 7
 
 

@@ -49,6 +49,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from . import attacks, models
@@ -98,14 +99,24 @@ class Source:
 class Context:
     """Data access for the stages (the ``StageContext`` of ``defenses.base``)."""
 
-    def __init__(self, cfg: ExperimentConfig, tokenizer=None):
+    def __init__(self, cfg: ExperimentConfig, tokenizer=None, pools: dict | None = None, stage_key: str = "",
+                 source: Source | None = None):
         self.cfg = cfg
-        self.source: Source | None = None
+        self.source = source
+        """The run a post defense repairs (``Source``); None for training stages."""
         self.seed = cfg.seed
         self.tokenizer = tokenizer
         self.collator = Collator(tokenizer.pad_token_id) if tokenizer is not None else None
-        self._pools: dict = {}
-        self.stage_key = ""  # the config key of the stage being built, e.g. "alignment.variants.booster"
+        self.pools: dict = {} if pools is None else pools
+        """Every data pool loaded so far, by what identifies it; pass it on to share the loads."""
+        self.stage_key = stage_key
+        """The config key of the stage being built, e.g. ``alignment.variants.booster``: the prefix
+        of a defense's data keys in errors (``for_stage``)."""
+
+    def for_stage(self, stage_key: str, source: Source | None = None) -> "Context":
+        """This context for one stage: its errors name ``stage_key`` (e.g. ``finetune.runs.panacea``)
+        and a post defense sees its ``source``; the pools and tokenizer are shared."""
+        return Context(self.cfg, self.tokenizer, self.pools, stage_key, source)
 
     def _key(self, key: str) -> str:
         """A defense names its option (``harmful_data``); errors name the full config key."""
@@ -119,9 +130,9 @@ class Context:
         check_spec(spec, entry, key)
         ck = (spec.name, spec.split, spec.path, spec.hub_id, spec.hub_config, spec.size,
               spec.seed, tuple(sorted(spec.fields.items())))
-        if ck not in self._pools:
-            self._pools[ck] = entry.obj(spec)
-        return self._pools[ck]
+        if ck not in self.pools:
+            self.pools[ck] = entry.obj(spec)
+        return self.pools[ck]
 
     def examples(self, spec: DataSpec, key: str) -> list[Example]:
         return select(self.pool(spec, key), spec, self._key(key))
@@ -204,17 +215,52 @@ def same_task(a: DataSpec, b: DataSpec) -> bool:
 # --------------------------------------------------------------------------- planning / validation
 
 
+@dataclass(frozen=True)
+class PlannedAlignment:
+    """One alignment of the plan (``aligned``/``base`` or an ``alignment.variants`` entry)."""
+
+    entry: Any
+    """Its registry entry (``registry.Entry``: the defense object and its ``DefenseSpec``)."""
+    options: Any
+    """The defense's options dataclass, parsed from the config."""
+    train: TrainSettings
+    key: str
+    """Its config key: ``alignment`` or ``alignment.variants.<name>``."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One fine-tuning run of the plan (``finetune.runs.<name>``)."""
+
+    entry: Any
+    options: Any
+    train: TrainSettings
+    poison_ratio: float
+    """The run's harmful ratio p (its own ``poison_ratio``, else ``finetune.data.poison_ratio``)."""
+    key: str
+
+
+@dataclass(frozen=True)
+class PlannedPost:
+    """One post-fine-tuning defense of the plan (``post.<name>``)."""
+
+    entry: Any
+    options: Any
+    key: str
+
+
 class Plan:
-    """Everything resolved and validated before any model is loaded."""
+    """Everything resolved and validated before any model is loaded: ``aligns``, ``runs`` and
+    ``posts`` map each variant name to its ``PlannedAlignment``, ``PlannedRun`` or ``PlannedPost``."""
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         a = cfg.alignment
         self.main = "base" if a.defense == "none" else "aligned"
-        # name -> (registry entry, options, train settings, config key prefix)
-        self.aligns = {}
+        self.aligns: dict[str, PlannedAlignment] = {}
         entry = DEFENSES["alignment"].get(a.defense, "alignment.defense")
-        self.aligns[self.main] = (entry, parse_options(entry.obj.Config, a.options, "alignment"), a.train, "alignment")
+        self.aligns[self.main] = PlannedAlignment(entry, parse_options(entry.obj.Config, a.options, "alignment"),
+                                                  a.train, "alignment")
         # where each stage's train settings were typed, so errors name that key (train_keys)
         self.train_keys = {"alignment": train_keys("alignment.train", "alignment.train", {})}
         _check_train(a.train, self.train_keys["alignment"])
@@ -226,10 +272,10 @@ class Plan:
             train = from_dict(TrainSettings, {**_asdict(a.train), **v.train}, f"{key}.train")
             self.train_keys[key] = train_keys("alignment.train", f"{key}.train", v.train)
             _check_train(train, self.train_keys[key])
-            self.aligns[name] = (entry, parse_options(entry.obj.Config, v.options, key), train, key)
+            self.aligns[name] = PlannedAlignment(entry, parse_options(entry.obj.Config, v.options, key), train, key)
         self.run_alignment = {name: r.alignment or self.main for name, r in cfg.finetune.runs.items()}
         self.adapter_mode = {name: r.adapter_mode or cfg.finetune.adapter_mode for name, r in cfg.finetune.runs.items()}
-        self.runs = {}
+        self.runs: dict[str, PlannedRun] = {}
         for name, r in cfg.finetune.runs.items():
             entry = DEFENSES["finetune"].get(r.defense, f"finetune.runs.{name}.defense")
             opts = parse_options(entry.obj.Config, r.options, f"finetune.runs.{name}")
@@ -239,19 +285,21 @@ class Plan:
             p = cfg.finetune.data.poison_ratio if r.poison_ratio is None else r.poison_ratio
             if not 0 <= p <= 1:
                 raise ConfigError(f"finetune.runs.{name}.poison_ratio must be in [0, 1], got {p}")
-            self.runs[name] = (entry, opts, train, p)
+            self.runs[name] = PlannedRun(entry, opts, train, p, f"finetune.runs.{name}")
         self.attack, self.attack_opts = attacks.resolve(cfg)  # finetune.data.attack: builds the user set
-        self.posts = {}
+        self.posts: dict[str, PlannedPost] = {}
         for name, pc in cfg.post.items():
             entry = DEFENSES["post"].get(pc.defense, f"post.{name}.defense")
-            self.posts[name] = (entry, parse_options(entry.obj.Config, pc.options, f"post.{name}"))
-        for name, (entry, opts) in self.posts.items():
+            self.posts[name] = PlannedPost(entry, parse_options(entry.obj.Config, pc.options, f"post.{name}"),
+                                           f"post.{name}")
+        for name, planned in self.posts.items():
+            entry, opts = planned.entry, planned.options
             if isinstance(entry.obj, ChecksSource):  # e.g. SafeLoRA needs a merge_new run fine-tuned from an aligned model
                 src = cfg.post[name].source
                 align = self.run_alignment[src]
-                planned = [] if self.aligns[align][0].name == "none" else [Path("alignment") / align]
+                chain = [] if self.aligns[align].entry.name == "none" else [Path("alignment") / align]
                 try:
-                    entry.obj.check_source(opts, Source(src, [], align, planned, self.adapter_mode[src]))
+                    entry.obj.check_source(opts, Source(src, [], align, chain, self.adapter_mode[src]))
                 except ConfigError as e:
                     raise ConfigError(f"post.{name}: {e}") from None
         self.judge = JUDGES.get(cfg.eval.judge, "eval.judge")
@@ -265,28 +313,18 @@ class Plan:
         def keys(entry):
             return entry.spec.defender_data_keys + entry.spec.safety_data_keys
 
-        out = []
-        for entry, opts, _, key in self.aligns.values():
-            for k in keys(entry):
-                out.append((f"{key}.{k}", getattr(opts, k)))
-        for name, (entry, opts, _, _) in self.runs.items():
-            for k in keys(entry):
-                out.append((f"finetune.runs.{name}.{k}", getattr(opts, k)))
-        for name, (entry, opts) in self.posts.items():
-            for k in keys(entry):
-                out.append((f"post.{name}.{k}", getattr(opts, k)))
-        return out
+        return [(f"{planned.key}.{k}", getattr(planned.options, k))
+                for stage in (self.aligns, self.runs, self.posts) for planned in stage.values()
+                for k in keys(planned.entry)]
 
     def check_processes(self, processes: int) -> None:
         """Every training stage's batch on ``processes`` processes: a ``global_batch_size`` must
         be divisible by processes × gradient_accumulation_steps (one-line ``ConfigError``)."""
         from .training import per_device_batch_size
 
-        for entry, _, train, key in self.aligns.values():
-            if entry.name != "none":
-                per_device_batch_size(train, processes, self.train_keys[key]["global_batch_size"])
-        for name, (_, _, train, _) in self.runs.items():
-            per_device_batch_size(train, processes, self.train_keys[f"finetune.runs.{name}"]["global_batch_size"])
+        for planned in [*self.aligns.values(), *self.runs.values()]:
+            if planned.entry.name != "none":
+                per_device_batch_size(planned.train, processes, self.train_keys[planned.key]["global_batch_size"])
 
     def check_data(self, ctx: Context) -> dict:
         """Load every pool once (fails early on missing files/packages) and check disjointness."""
@@ -296,9 +334,9 @@ class Plan:
         task = ctx.examples(cfg.finetune.data.task, "finetune.data.task")
         fd = cfg.finetune.data
         user_pools = attacks.pools(ctx, fd, self.attack, self.attack_opts)
-        for name, (_, _, _, p) in self.runs.items():
+        for name, run in self.runs.items():
             seed = cfg.seed if fd.seed is None else fd.seed
-            attacks.check(self.attack, self.attack_opts, user_pools, fd.n, p, seed, name)
+            attacks.check(self.attack, self.attack_opts, user_pools, fd.n, run.poison_ratio, seed, name)
         eval_harm = ctx.examples(cfg.eval.harmful, "eval.harmful")
         for key, spec in (("eval.harmful", cfg.eval.harmful), ("eval.utility", cfg.eval.utility),
                           ("eval.benign", cfg.eval.benign)):
@@ -308,7 +346,7 @@ class Plan:
         pools = {"finetune.data.harmful": user_harm, "eval.harmful": eval_harm}
         for key, spec in self.defender_sets():
             pools[key] = ctx.examples(spec, key)
-        if any(entry.name != "none" for entry, *_ in self.aligns.values()):
+        if any(planned.entry.name != "none" for planned in self.aligns.values()):
             ctx.examples(cfg.alignment.data, "alignment.data")
             if cfg.alignment.benign is not None:
                 ctx.examples(cfg.alignment.benign, "alignment.benign")
@@ -694,8 +732,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
 
     torch_threads()
     tok = models.load_tokenizer(cfg.model)
-    ctx = Context(cfg, tok)
-    ctx._pools = probe._pools
+    ctx = Context(cfg, tok, probe.pools)
     records: dict[str, dict] = {}
     chains: dict[str, list[Path]] = {}
     n_stages = len(plan.aligns) + len(plan.runs) + len(plan.posts)
@@ -704,7 +741,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
     # ---- stage 1: alignment (the main aligned model, then any alignment.variants)
     a = cfg.alignment
     align_data = None
-    for name, (entry, opts, train, key) in plan.aligns.items():
+    for name, planned in plan.aligns.items():
+        entry, opts, train = planned.entry, planned.options, planned.train
         step += 1
         if entry.name == "none":
             say(f"[{step}/{n_stages}] alignment {name}: none (the base model is served as is)")
@@ -730,8 +768,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             say(f"[{step}/{n_stages}] alignment {name}: {entry.name} on {len(align_data)} examples")
             set_seed(cfg.seed)  # the new adapter's random init (LoRA A) is drawn from the global RNG
             model = models.build(cfg.model, cfg.lora, [], new_adapter=True)
-            ctx.stage_key = "alignment" if name == plan.main else f"alignment.variants.{name}"
-            records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out, ctx, cfg.seed,
+            records[name] = _train_stage(f"alignment {name}", entry, opts, model, align_data, train, out,
+                                         ctx.for_stage(planned.key), cfg.seed,
                                          progress=out.relative_to(run_dir).as_posix())
             del model
             _finish_stage(store, st, out, [], train)
@@ -740,7 +778,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
     fd = cfg.finetune.data
     user_pools = attacks.pools(ctx, fd, plan.attack, plan.attack_opts)
     mix_seed = cfg.seed if fd.seed is None else fd.seed
-    for name, (entry, opts, train, p) in plan.runs.items():
+    for name, run in plan.runs.items():
+        entry, opts, train, p = run.entry, run.options, run.train, run.poison_ratio
         step += 1
         merge = plan.adapter_mode[name] == "merge_new"
         align_chain = chains[plan.run_alignment[name]]
@@ -761,8 +800,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
                 f"on {len(ds)} user samples ({n_h} harmful, p={p}{attack})")
             set_seed(cfg.seed)
             model = models.build(cfg.model, cfg.lora, align_chain, new_adapter=merge or not align_chain, trainable=True)
-            ctx.stage_key = f"finetune.runs.{name}"
-            records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out, ctx, cfg.seed,
+            records[name] = _train_stage(f"fine-tuning {name}", entry, opts, model, ds, train, out,
+                                         ctx.for_stage(run.key), cfg.seed,
                                          progress=f"finetune/{name}")
             records[name]["harmful_samples"] = n_h
             if attack:  # the default attack's record is as it was before attacks existed
@@ -772,8 +811,8 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             _finish_stage(store, st, out, align_chain, train)
 
     # ---- stage 3: post-fine-tuning defenses (their errors are prefixed with post.<name> below)
-    ctx.stage_key = ""
-    for name, (entry, opts) in plan.posts.items():
+    for name, planned in plan.posts.items():
+        entry, opts = planned.entry, planned.options
         step += 1
         src = cfg.post[name].source
         st = store.graph[name]
@@ -787,9 +826,9 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             store.prepare(st, out, chains[src])
             say(f"[{step}/{n_stages}] post-fine-tuning {name}: {entry.name} on {src}")
             set_seed(cfg.seed)
-            ctx.source = Source(run=src, chain=list(chains[src]), alignment=plan.run_alignment[src],
-                                alignment_chain=list(chains[plan.run_alignment[src]]),
-                                adapter_mode=plan.adapter_mode[src])
+            source = Source(run=src, chain=list(chains[src]), alignment=plan.run_alignment[src],
+                            alignment_chain=list(chains[plan.run_alignment[src]]), adapter_mode=plan.adapter_mode[src])
+            post_ctx = ctx.for_stage(planned.key, source)
             model = models.build(cfg.model, cfg.lora, chains[src], new_adapter=False, trainable=True)
             check_disk(out, stage_bytes(model), f"post-fine-tuning {name}")
             from .models import save_adapter
@@ -798,12 +837,12 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             reset_peak_memory()  # as a training stage measures it (training.Overhead): from the model built
             t0 = time.perf_counter()
             try:
-                info = entry.obj.apply(model, ctx, opts)
-            except ConfigError as e:
-                raise ConfigError(f"post.{name}: {e}") from None
+                info = entry.obj.apply(model, post_ctx, opts)
+            except ConfigError as e:  # a data key already names post.<name>; any other error gets it
+                raise ConfigError(str(e) if str(e).startswith(f"post.{name}.") else f"post.{name}: {e}") from None
             secs = time.perf_counter() - t0
             memory = peak_memory()
-            check_repaired(model, ctx, info, f"post-fine-tuning {name}", f"post.{name}")
+            check_repaired(model, post_ctx, info, f"post-fine-tuning {name}", f"post.{name}")
             with atomic_path(out / "adapter") as tmp:
                 save_adapter(model, tmp)  # the main process writes
             records[name] = {"defense": entry.name, "from": src, "apply_seconds": round(secs, 2),

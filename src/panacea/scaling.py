@@ -80,8 +80,7 @@ class _Step:
         entry = DEFENSES[stage].get(name, f"scaling.{name}")
         opts = parse_options(entry.obj.Config, dict(options), f"scaling.{name}")
         # a context that never truncates: fixed_length cuts its own answer-keeping window
-        long = Context(replace(cfg, model=replace(cfg.model, max_length=2**30)), ctx.tokenizer)
-        long._pools = ctx._pools
+        long = Context(replace(cfg, model=replace(cfg.model, max_length=2**30)), ctx.tokenizer, ctx.pools)
         data = long.tokenize(_stage_examples(cfg, long, stage))
         train = cfg.alignment.train if stage == "alignment" else cfg.finetune.train
         set_seed(cfg.seed)

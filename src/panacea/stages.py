@@ -162,7 +162,8 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
     graph: dict[str, Stage] = {}
     a = cfg.alignment
     align_rows = None
-    for name, (entry, opts, train, key) in plan.aligns.items():
+    for name, planned in plan.aligns.items():
+        entry, opts, train = planned.entry, planned.options, planned.train
         if entry.name == "none":
             continue  # the base model: no stage, no adapter
         if align_rows is None:
@@ -174,27 +175,29 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
         graph[name] = Stage("alignment", name, folder, [], {
             **base, "data": spec(a.data), "benign": spec(a.benign), "rows": align_rows[0],
             "defense": entry.name, "options": _asdict(opts), "train": _asdict(train),
-            "defender_rows": defender_rows(entry, opts, key)},
+            "defender_rows": defender_rows(entry, opts, planned.key)},
             {"steps": _steps(align_rows[1], train), "defense": entry.name})
     fd = cfg.finetune.data
     user_rows = {k: rows_digest(v) for k, v in attacks.pools(ctx, fd, plan.attack, plan.attack_opts).items()}
-    for name, (entry, opts, train, p) in plan.runs.items():
+    for name, run in plan.runs.items():
+        entry, opts, train = run.entry, run.options, run.train
         align = plan.run_alignment[name]
         inputs = [graph[align].key] if align in graph else []
         graph[name] = Stage("finetune", name, f"finetune/{name}", inputs, {
             **base, "alignment": inputs[0] if inputs else None, "adapter_mode": plan.adapter_mode[name],
-            "data": to_dict(fd), "poison_ratio": p, "mix_seed": cfg.seed if fd.seed is None else fd.seed,
+            "data": to_dict(fd), "poison_ratio": run.poison_ratio, "mix_seed": cfg.seed if fd.seed is None else fd.seed,
             "attack": plan.attack.name, "attack_options": _asdict(plan.attack_opts), "user_rows": user_rows,
             "defense": entry.name, "options": _asdict(opts), "train": _asdict(train),
-            "defender_rows": defender_rows(entry, opts, f"finetune.runs.{name}")},
+            "defender_rows": defender_rows(entry, opts, run.key)},
             {"steps": _steps(fd.n, train), "defense": entry.name})
-    for name, (entry, opts) in plan.posts.items():
+    for name, planned in plan.posts.items():
+        entry, opts = planned.entry, planned.options
         src = cfg.post[name].source
         align = plan.run_alignment[src]
         inputs = [graph[src].key] + ([graph[align].key] if align in graph else [])
         graph[name] = Stage("post", name, f"post/{name}", inputs, {
             **base, "source": src, "defense": entry.name, "options": _asdict(opts),
-            "defender_rows": defender_rows(entry, opts, f"post.{name}")}, {"defense": entry.name})
+            "defender_rows": defender_rows(entry, opts, planned.key)}, {"defense": entry.name})
     e = cfg.eval
     eval_rows = {k: rows_digest(ctx.examples(getattr(e, k), f"eval.{k}"))
                  for k in ("harmful", "utility", "benign") if getattr(e, k) is not None}

@@ -32,14 +32,16 @@ def estimate_seconds(cfg: ExperimentConfig, plan, step_seconds: float, eval_seco
     ft = cfg.finetune.train
     ft_steps = math.ceil(cfg.finetune.data.n / ft.per_device_train_batch_size) * ft.num_train_epochs
     total = 0.0
-    for entry, *_ in plan.aligns.values():
-        total += align_steps * step_seconds * entry.spec.passes_per_step + LOAD_SECONDS
-    for entry, opts, *_ in plan.runs.values():
+    for planned in plan.aligns.values():
+        total += align_steps * step_seconds * planned.entry.spec.passes_per_step + LOAD_SECONDS
+    for run in plan.runs.values():
+        entry, opts = run.entry, run.options
         passes = entry.spec.passes_per_step
         interval = entry.spec.step_interval_option  # Panacea: the full 3 passes on every k-th step only
         k = getattr(opts, interval) if interval else 1
         total += ft_steps * step_seconds * (passes + k - 1) / k + LOAD_SECONDS
-    for entry, opts in plan.posts.values():
+    for planned in plan.posts.values():
+        entry, opts = planned.entry, planned.options
         keys = entry.spec.defender_data_keys  # gradient-based post defenses: one pass over their data
         data = getattr(opts, keys[0]) if keys else None
         total += LOAD_SECONDS + (math.ceil((data.n or 100) / ft.per_device_train_batch_size) * step_seconds if data else 0)

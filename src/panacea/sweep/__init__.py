@@ -100,7 +100,7 @@ class Planner:
         self.seeds = spec.seeds or [int(base.get("seed", 43))]
         self.names = short_names(spec.swept_keys())
         self._by_digest: dict[str, str] = {}
-        self._pools: dict = {}
+        self.pools: dict = {}  # every point reads the same pools: load each once (pipeline.Context)
 
     def point(self, cell: dict, seed: int, where: str, check_data: bool = True, trial: int | None = None) -> Point:
         from ..pipeline import Context, Plan
@@ -110,8 +110,7 @@ class Planner:
             cfg, _ = load_config(raw)
             plan = Plan(cfg)
             if check_data:
-                ctx = Context(cfg)
-                ctx._pools = self._pools  # every point reads the same pools: load each once
+                ctx = Context(cfg, pools=self.pools)
                 plan.check_data(ctx)
         except UserError as e:
             raise type(e)(f"{where} ({cid}): {e}") from None
