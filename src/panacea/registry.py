@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .defenses.base import DefenseSpec
+from .defenses.base import DatasetTrainerEntry, DefenseSpec
 from .errors import ConfigError
 
 
@@ -105,6 +105,18 @@ class DefenseRegistry(Registry):
         if missing:
             raise ValueError(f"{self.kind} {name!r}: {spec.config_cls.__name__} has no option {missing[0]!r}")
         return Entry(name, obj, doc, spec=spec)
+
+    def register_trainer(self, name: str, trainer: type, spec: DefenseSpec, *, help: str, option: str | None = None,
+                         data_key: str = "harmful_data", data_kwarg: str = "harmful_dataset") -> type:
+        """Register a training defense whose trainer takes its options and one defender data set
+        (``defenses.base.DatasetTrainerEntry``): ``trainer(..., <option>=cfg, <data_kwarg>=data)``
+        with ``data`` loaded from the options' ``data_key``. Returns the entry class it builds."""
+        entry = type(f"{trainer.__name__}Entry", (DatasetTrainerEntry,), {
+            "__doc__": f"Registry entry of ``{name}``: a ``{trainer.__name__}`` with its ``{data_key}``.",
+            "Config": spec.config_cls, "Trainer": trainer, "option": option or name,
+            "data_key": data_key, "data_kwarg": data_kwarg})
+        self.register(name, entry, help=help, spec=spec)
+        return entry
 
     def baseline(self) -> str:
         """The name of the stage's ``role="baseline"`` defense (``sft``); KeyError when none."""

@@ -31,7 +31,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ..base import DatasetTrainerEntry, DefenseSpec
+from ..base import DefenseSpec
 from ...training import (AuxiliaryMixin, accumulate_grads, check_finite, micro_batch_scale, process_gradients, process_mean,
                          require_gradient_access)
 from ...weights import perturbed
@@ -102,15 +102,8 @@ class BoosterTrainer(AuxiliaryMixin, Trainer):
         return loss_f.detach() * f_scale
 
 
-class Booster(DatasetTrainerEntry):
-    """Registry entry: a ``BoosterTrainer`` with the defender's harmful set (``harmful_data``)."""
-
-    Config, Trainer, option = BoosterConfig, BoosterTrainer, "booster"
-
-
-DEFENSES["alignment"].register(
-    "booster",
-    Booster,
+DEFENSES["alignment"].register_trainer(
+    "booster", BoosterTrainer,
     help="Booster (arXiv 2409.01586): penalise the harmful-loss drop of one simulated step (3F+3B)",
     spec=DefenseSpec(stage="alignment", config_cls=BoosterConfig, passes_per_step=3,
                      defender_data_keys=("harmful_data",), overhead_target=True),

@@ -67,7 +67,7 @@ from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...hooks import first_output, forward_hooks, resolve
 from ...registry import DEFENSES
-from ..base import DatasetTrainerEntry, DefenseSpec
+from ..base import DefenseSpec
 from ...training import (AuxiliaryMixin, accumulate_grads, micro_batch_scale, process_gradients, process_mean,
                          require_gradient_access)
 
@@ -214,15 +214,8 @@ class RepNoiseTrainer(AuxiliaryMixin, Trainer):
         return loss_f.detach() * f_scale
 
 
-class RepNoise(DatasetTrainerEntry):
-    """Registry entry: a ``RepNoiseTrainer`` with the defender's harmful set (``harmful_data``)."""
-
-    Config, Trainer, option = RepNoiseConfig, RepNoiseTrainer, "repnoise"
-
-
-DEFENSES["alignment"].register(
-    "repnoise",
-    RepNoise,
+DEFENSES["alignment"].register_trainer(
+    "repnoise", RepNoiseTrainer,
     help="RepNoise (arXiv 2405.14577): push harmful MLP activations to noise, raise harmful CE (2F+2B)",
     spec=DefenseSpec(stage="alignment", config_cls=RepNoiseConfig, passes_per_step=2,
                      defender_data_keys=("harmful_data",)),

@@ -43,7 +43,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ..base import DatasetTrainerEntry, DefenseSpec
+from ..base import DefenseSpec
 from ...training import AuxiliaryMixin, accumulate_grads, check_finite, micro_batch_scale, require_gradient_access, token_share
 
 ALIGNMENT, USER = "alignment", "user"
@@ -183,16 +183,9 @@ class LisaTrainer(AuxiliaryMixin, Trainer):
         return {**self.stats, "final_state": self.lisa_state}
 
 
-class Lisa(DatasetTrainerEntry):
-    """Registry entry: a ``LisaTrainer`` with the defender's alignment (guide) data (``alignment_data``)."""
-
-    Config, Trainer, option = LisaConfig, LisaTrainer, "lisa"
-    data_key, data_kwarg = "alignment_data", "alignment_dataset"
-
-
-DEFENSES["finetune"].register(
-    "lisa",
-    Lisa,
+DEFENSES["finetune"].register_trainer(
+    "lisa", LisaTrainer,
+    data_key="alignment_data", data_kwarg="alignment_dataset",
     help="Lisa (arXiv 2405.18641): alternate alignment / user phases with a proximal term (1F+1B)",
     spec=DefenseSpec(stage="finetune", config_cls=LisaConfig, passes_per_step=1,
                      safety_data_keys=("alignment_data",), strength_option="rho"),

@@ -43,7 +43,7 @@ from transformers import Trainer
 from ...data.base import DataSpec
 from ...errors import ConfigError
 from ...registry import DEFENSES
-from ..base import Counterpart, DatasetTrainerEntry, DefenseSpec
+from ..base import Counterpart, DefenseSpec
 from ...rundir import atomic_path
 from ...distributed import is_main
 from ...training import (AuxiliaryMixin, accumulate_grads, check_finite, full_tensors, micro_batch_scale, process_gradients,
@@ -201,15 +201,8 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         return s
 
 
-class Panacea(DatasetTrainerEntry):
-    """Registry entry: a ``PanaceaTrainer`` with the defender's harmful set (``harmful_data``)."""
-
-    Config, Trainer, option = PanaceaConfig, PanaceaTrainer, "panacea"
-
-
-DEFENSES["finetune"].register(
-    "panacea",
-    Panacea,
+DEFENSES["finetune"].register_trainer(
+    "panacea", PanaceaTrainer,
     help="Panacea (arXiv 2501.18100): optimise ε during fine-tuning, add it at the end (3F+3B)",
     spec=DefenseSpec(
         stage="finetune", config_cls=PanaceaConfig, passes_per_step=3, defender_data_keys=("harmful_data",),
@@ -295,16 +288,9 @@ class PanaceaAvgTrainer(PanaceaTrainer):
         return {**super().stage_record(), "epsilon_averaged_steps": kept}
 
 
-class PanaceaAvg(Panacea):
-    """Registry entry of ``panacea_avg`` (beyond the paper)."""
-
-    Config = PanaceaAvgConfig
-    Trainer = PanaceaAvgTrainer
-
-
-DEFENSES["finetune"].register(
-    "panacea_avg",
-    PanaceaAvg,
+DEFENSES["finetune"].register_trainer(
+    "panacea_avg", PanaceaAvgTrainer,
+    option="panacea",
     help="beyond the paper: Panacea's training, output ε = mean of the first/last k or all steps' ε, rescaled to ρ",
     spec=DefenseSpec(stage="finetune", config_cls=PanaceaAvgConfig, passes_per_step=3,
                      defender_data_keys=("harmful_data",), beyond_paper=True, strength_option="rho",
