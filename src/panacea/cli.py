@@ -211,10 +211,13 @@ def _parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("record", help="keep a finished run's citable part (config, metrics, answers, provenance) under results/",
                         description="Copy RUN's resolved config, every seed's metrics.json and saved answers "
                         "(generations/*.jsonl, for re-judging), summary.json, and a result.json with the command, "
-                        "seeds, package versions, git commit, machine and wall time into OUT. No adapters.")
+                        "seeds, package versions, git commit, machine and wall time into OUT. No adapters. "
+                        "A finished sweep folder (panacea sweep) is recorded with its table, summary, plots and "
+                        "each point's metrics and answers (docs/sweeps.md#recording-a-sweep).")
     rc.add_argument("paths", nargs="+", metavar="RUN ... OUT",
                     help="finished run directories (one seed, a seeds: [...] parent, or several runs of one "
-                    "config that differ only in seed), then the new folder, e.g. results/demo")
+                    "config that differ only in seed) or one finished sweep folder, then the new folder, "
+                    "e.g. results/demo")
     rc.add_argument("--command", help="the command that produced RUN (default: panacea run RUN/config.yaml)")
     rc.add_argument("--force", action="store_true", help="replace OUT if it is a result this command recorded")
     rc.add_argument("--commit", metavar="SHA", help="the git commit the run's code was at, for runs whose "

@@ -524,6 +524,9 @@ class StageStore:
 
     def __init__(self, run_dir: Path, graph: dict, cache, legacy: dict[str, str]):
         self.run_dir, self.graph, self.cache, self.legacy = run_dir, graph, cache, legacy
+        self.counts = {"computed": 0, "reused": 0, "eval_parts_reused": 0}
+        """Stages this invocation computed and reused (from the run directory or the cache), and
+        prompt sets of recomputed evaluations read from the cache: ``timings.json``'s ``stages``."""
 
     def reuse(self, st, files: dict[str, Path], inputs: list[Path]) -> str | None:
         """``done`` when the stage's manifest in the run directory verifies for its key, ``cached``
@@ -553,6 +556,7 @@ class StageStore:
 
         how = on_main(decide)
         barrier()
+        self.counts["reused" if how else "computed"] += 1
         return how
 
     def _adopt(self, st, out: Path, files: dict[str, Path], inputs: list[Path]) -> None:
@@ -863,6 +867,7 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
         "provenance": provenance(),
         "wall_seconds": wall,
         "machine": machine(),
+        "stages": dict(store.counts),
     }
 
 
@@ -970,6 +975,7 @@ def _evaluate_one(cfg, plan, ctx, chains, records, run_dir, store, st, v, i, jud
                              if (entry := store.cache.lookup(pst, inputs)) is not None})
     barrier()
     done = {part: _read_part(Path(entry)) for part, entry in found.items()}
+    store.counts["eval_parts_reused"] += len(done)
     todo = [part for part in st.parts if part not in done]
     build_seconds = 0.0
     if todo:

@@ -13,7 +13,8 @@ from pathlib import Path
 #: two runs of one config and seed on one machine write byte-identical ``metrics.json``.
 TIMING_KEYS = ("train_seconds", "step_seconds", "peak_memory_gb", "eval_seconds", "apply_seconds",
                "memory_kind", "device")
-TIMING_TOP = ("wall_seconds", "machine")
+TIMING_TOP = ("wall_seconds", "machine", "stages")
+"""(``stages``: how many stages the run's last invocation computed and reused, pipeline.StageStore.)"""
 
 
 def split_timings(metrics: dict) -> tuple[dict, dict]:

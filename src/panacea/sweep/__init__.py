@@ -231,12 +231,13 @@ def run_sweep(config, overrides: list[str] = (), *, out: str | None = None, engi
     with open_sweep_dir(sweep_dir, base, section, force) as rd:
         rd.set_status("running", points=len(runs), engine=spec.engine)
         say(plan_text(spec, points, sweep_dir, runs))
+        t0 = time.perf_counter()
         try:
             outcomes = execute(points, spec, sweep_dir, say, force)
         except BaseException as e:  # interrupted: the same command resumes
             rd.set_status("failed", error=f"{type(e).__name__}: {e}", resumable=True)
             raise
-        res = finish(rd, base, spec, points, outcomes, say)
+        res = finish(rd, base, spec, points, outcomes, say, extra={"wall_seconds": round(time.perf_counter() - t0, 1)})
     return res
 
 
@@ -351,7 +352,7 @@ def finish(rd, base: dict, spec: SweepSpec, points: list[Point], outcomes: dict,
     doc = {"name": base.get("name"), "swept": spec.swept_keys(), "baseline": spec.baseline,
            "fa_margin": spec.fa_margin, "seeds": spec.seeds, "engine": spec.engine,
            "points": len({p.id for p in points}), "failed": {f: outcomes.get(f, {}).get("error", "not run") for f in failed},
-           "summary": summary, "worst_case": worst, **(extra or {})}
+           "summary": summary, "worst_case": worst, **stage_counts(sweep_dir, points), **(extra or {})}
     write_json(sweep_dir / "summary.json", doc)
     md = report(doc, sweep_dir, plots)
 
@@ -368,6 +369,23 @@ def finish(rd, base: dict, spec: SweepSpec, points: list[Point], outcomes: dict,
 
 
 # --------------------------------------------------------------------------- the table
+
+
+def stage_counts(sweep_dir: Path, points: list[Point]) -> dict:
+    """Over the points' runs: ``stages`` computed and reused (what each run's ``timings.json``
+    says of the invocation that finished it: a stage another point computed first into the shared
+    cache counts as reused) and ``points_seconds``, the sum of their wall times."""
+    counts = {"computed": 0, "reused": 0, "eval_parts_reused": 0}
+    seconds, seen = 0.0, False
+    for pid in dict.fromkeys(p.id for p in points):
+        t = read_timings(sweep_dir / "points" / pid) or {}
+        for k, v in (t.get("stages") or {}).items():
+            if k in counts and isinstance(v, int):
+                counts[k] += v
+                seen = True
+        if isinstance(t.get("wall_seconds"), (int, float)):
+            seconds += t["wall_seconds"]
+    return {"stages": counts if seen else None, "points_seconds": round(seconds, 1)}
 
 
 def _num(v) -> bool:
