@@ -20,6 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .cli import check_judge
+from .config import ExperimentConfig, apply_overrides, from_dict, load_config as _load, read_yaml, to_dict
+from .data.base import DataSpec
+from .data.mixing import select
+from .distributed import init
+from .errors import ConfigError
+from .registry import DATASETS
+
+# pipeline, models and seeds load torch (``import panacea`` and ``panacea.RunResult`` do not):
+# they are imported inside the functions that run or validate
+
 
 @dataclass
 class RunResult:
@@ -40,10 +51,7 @@ class RunResult:
         return {r["name"]: r for r in self.metrics.get("results", [])}
 
 
-def _resolve(config, overrides: Iterable[str], output_dir) -> "ExperimentConfig":  # noqa: F821
-    from .config import ExperimentConfig, apply_overrides, load_config as _load, read_yaml, to_dict
-    from .errors import ConfigError
-
+def _resolve(config, overrides: Iterable[str], output_dir) -> ExperimentConfig:
     overrides = None if isinstance(overrides, str) else list(overrides)
     if overrides is None or not all(isinstance(o, str) for o in overrides):
         raise ConfigError("overrides must be a list of 'dotted.key=value' strings")
@@ -67,7 +75,6 @@ def validate(cfg) -> tuple[Any, dict]:
     """Everything ``panacea validate`` checks, without training: the config's names and options
     (``pipeline.Plan``), every data pool (loaded once, sizes, disjointness, FA's references), the
     judge's options and the environment. Returns ``(plan, pool sizes)``; raises a ``UserError``."""
-    from .cli import check_judge
     from .models import cache_dir
     from .pipeline import Context, Plan, env_threads
 
@@ -122,8 +129,6 @@ def run_experiment(config, overrides: Iterable[str] = (), *, output_dir: str | o
         ``<run_dir>/seed_<s>/`` and ``metrics`` is the summary over seeds.
     """
     from . import pipeline
-    from .cli import check_judge
-    from .distributed import init
 
     cfg = _resolve(config, overrides, output_dir)
     check_judge(cfg)
@@ -141,11 +146,7 @@ def load_data(name: str, **spec) -> list:
     """Rows of a registered dataset (``panacea ls datasets``) as ``panacea.data.base.Example``s, selected
     as a config's data section selects them, e.g. ``load_data("pyrit_harmful", start=100, n=50)`` or
     ``load_data("jsonl", path="my.jsonl", holdout=0.3, split="train")``; for a training script of your own."""
-    from .config import from_dict
-    from .data.base import DataSpec
-    from .data.mixing import select
     from .pipeline import check_spec
-    from .registry import DATASETS
 
     ds = from_dict(DataSpec, {"name": name, **spec}, "data")
     entry = DATASETS.get(ds.name, "data.name")

@@ -34,13 +34,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from . import __version__
-from .distributed import is_main
-from .errors import UserError
+from .distributed import is_main, process_index
+from .errors import ConfigError, UserError
+from .eval.export import export_run
+from .paths import expand_path
+
+# `panacea --help` stays quick: the modules that cost import time (config and yaml, registry, report,
+# api, bench, sweep, ...) are imported where a command runs; pipeline, eval.rejudge, analysis load torch
 
 EPILOG = """examples:
   panacea run configs/demo.yaml
@@ -283,7 +291,6 @@ def resolve_config_args(args, default: str | None = None) -> None:
 def judge_options(items: list[str]) -> dict:
     """``["k=v", "a.b=v"]`` → ``{"k": v, "a": {"b": v}}`` with YAML values."""
     from .config import apply_overrides
-    from .errors import ConfigError
 
     for item in items:
         if "=" not in item or not item.split("=", 1)[0].strip():
@@ -389,10 +396,7 @@ def launch_command(args, processes: int) -> list[str]:
 
 def cmd_launch(args) -> int:
     """``panacea run --launcher accelerate``: validate here (one line, exit 2), then relaunch."""
-    import subprocess
-
     from .config import load_config
-    from .errors import ConfigError
     from .pipeline import Plan
 
     n = args.num_processes
@@ -415,8 +419,6 @@ def cmd_launch(args) -> int:
 def _accelerate_preset(path: str) -> dict:
     import yaml
 
-    from .errors import ConfigError
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--accelerate-config: no such file {path!r} (presets: configs/accelerate/*.yaml)")
@@ -430,8 +432,6 @@ def _accelerate_preset(path: str) -> dict:
 
 
 def _json_safe(x):
-    import math
-
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
@@ -471,10 +471,6 @@ def _error_elsewhere(message: str) -> None:
     """A non-main process's error. Config and data errors are raised by every process alike and
     the main process prints them; the launcher stops this one meanwhile. Only an error of this
     process alone gets here to print, after a grace period, so there is one line either way."""
-    import time
-
-    from .distributed import process_index
-
     time.sleep(5)
     _error(f"(process {process_index()}) {message}")
 
@@ -514,8 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.cmd in ("rejudge", "analyze", "export"):  # one absolute run path, as output_dir (paths.py)
-            from .paths import expand_path
-
             args.run = str(expand_path(args.run, "RUN"))
         if args.cmd == "ls":
             cmd_ls(args.what)
@@ -592,8 +586,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  → {st['folder']}")
             return 0
         if args.cmd == "export":
-            from .eval.export import export_run
-
             for path in export_run(args.run, args.format, args.answer_set, args.force):
                 print(path)
             return 0

@@ -25,7 +25,10 @@ import yaml
 
 from .errors import UserError
 from .paths import expand_path
-from .report import _render, column_notes, footer, judge_of, summary_rows, table_rows
+from .plots import plot_hs_fa, point
+from .report import PLOT, _render, column_notes, files_section, footer, judge_of, summary_rows, table_rows, write_results
+from .rundir import write_atomic
+from .timings import load_metrics
 
 MD, PNG = "compare.md", "compare.png"
 #: the evaluation settings that make two runs' numbers comparable
@@ -46,8 +49,6 @@ def load_run(arg: str | Path) -> dict:
     """One finished run: ``{"path", "name", "rows", "seeds", "judge", "config", "wall", "provenance"}``
     (``seeds`` None for a one-seed run); a one-line
     ``UserError`` naming ``arg`` when it is not a finished run."""
-    from .timings import load_metrics
-
     run = str(arg)
     path = expand_path(arg, "RUN")
     if not path.is_dir():
@@ -132,8 +133,6 @@ def _out_dir(out: str | None, force: bool) -> Path:
 def compare(runs: list[str | Path], out: str | None = None, force: bool = False) -> dict:
     """Compare finished runs: write ``compare.md`` and ``compare.png`` into the output folder and
     return ``{"out", "markdown", "text", "rows"}`` (``text``: the plain table with its legend)."""
-    from .rundir import write_atomic
-
     if not runs:
         raise UserError("compare needs at least one RUN")
     seen = set()
@@ -154,8 +153,6 @@ def compare(runs: list[str | Path], out: str | None = None, force: bool = False)
     mixed = len(seed_counts) > 1
     head, cells = table_rows(rows)
     dest.mkdir(parents=True, exist_ok=True)
-
-    from .plots import plot_hs_fa, point
 
     # coloured by run (the legend names it), labelled by variant
     pts = [point(row, group=lab) for lab, r in zip(labels, loaded) for row in r["rows"]]
@@ -189,8 +186,6 @@ def redraw(path: str | Path) -> list[Path]:
     """``panacea plot RUN``: (re)write a finished run's ``results.md`` and ``hs_fa.png`` from its
     files (``RUN`` or its ``metrics.json`` / ``summary.json``), e.g. for a run made before panacea
     wrote them. Returns the written paths."""
-    from .report import PLOT, files_section, write_results
-
     p = Path(path)
     if p.name in ("metrics.json", "summary.json") and not p.is_dir():
         p = p.parent

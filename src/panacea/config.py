@@ -36,6 +36,7 @@ import yaml
 
 from .data.base import DataSpec
 from .errors import ConfigError
+from .paths import expand_path, read_regular
 
 
 @dataclass
@@ -543,8 +544,6 @@ def _check_text(value, name: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
-    from .paths import read_regular
-
     p = Path(path)
     try:
         exists = p.exists()
@@ -588,8 +587,6 @@ def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> tu
     check_tree(raw)
     cfg = from_dict(ExperimentConfig, raw)
     if cfg.output_dir is not None:  # one absolute path from here on (paths.expand_path)
-        from .paths import expand_path
-
         cfg.output_dir = str(expand_path(cfg.output_dir, "output_dir"))
     return cfg, raw
 

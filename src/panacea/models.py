@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .distributed import is_main
 from .errors import ConfigError, DataError, UserError
@@ -69,7 +71,6 @@ def _embedded_folder() -> Path:
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / EMBEDDED_GGUF).exists():
         raise DataError(f"model.name_or_path: {folder / EMBEDDED_GGUF} is missing")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
@@ -178,8 +179,6 @@ def _folder_error(mcfg, what: str, e: Exception) -> DataError:
 
 
 def load_tokenizer(mcfg):
-    from transformers import AutoTokenizer
-
     path = resolve(mcfg.name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
@@ -199,8 +198,6 @@ def load_tokenizer(mcfg):
 
 def load_model(mcfg):
     """Base causal LM in the configured dtype, frozen, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
     path = resolve(mcfg.name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -225,8 +222,6 @@ def _first_line(e: Exception) -> str:
 
 
 def lora_config(lcfg):
-    from peft import LoraConfig
-
     return LoraConfig(
         r=lcfg.r,
         lora_alpha=lcfg.alpha,
@@ -239,8 +234,6 @@ def lora_config(lcfg):
 
 def add_adapter(model, lcfg):
     """Wrap ``model`` with a fresh trainable LoRA adapter."""
-    from peft import get_peft_model
-
     try:
         return get_peft_model(model, lora_config(lcfg))
     except ValueError as e:
@@ -248,8 +241,6 @@ def add_adapter(model, lcfg):
 
 
 def load_adapter(model, path, trainable: bool):
-    from peft import PeftModel
-
     if not (Path(path) / "adapter_model.safetensors").is_file():  # never a pickled adapter_model.bin
         raise DataError(f"{path}: no adapter_model.safetensors (adapters are loaded from safetensors only)")
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)

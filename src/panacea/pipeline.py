@@ -46,25 +46,40 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 from pathlib import Path
 
-from . import attacks, models
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
+from transformers.utils import logging as hf_logging
+
+from . import attacks, models, stages
+from .checkpoint import CheckpointState, NumericsGuard, latest_checkpoint, remove_checkpoints
 from .config import ExperimentConfig, TrainSettings, from_dict, parse_options, to_dict
 from .data.base import DataSpec, Example
+from .data.matchers import build_matcher, reference
 from .data.mixing import check_disjoint, select
 from .defenses.base import ChecksSource, RecordsStage
 from .data.templates import Collator, format_prompt, tokenize
 from .errors import ConfigError, DataError, NonFiniteError, UserError
+from .eval.evaluate import evaluate_benign, evaluate_harmful, evaluate_task
+from .models import save_adapter
+from .paths import expand_path
 from .provenance import machine, provenance
+from .report import files_section, judge_of, write_results
 from .timings import merge_timings, read_timings, split_timings
-from .registry import DATASETS, DEFENSES, JUDGES
+from .registry import DATASETS, DEFENSES, JUDGES, MATCHERS
 from .distributed import barrier, device, init, is_main, num_processes, on_main
-from .rundir import (MANIFEST, RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, stage_outputs,
-                     verify_manifest, write_atomic, write_json, write_manifest)
+from .rundir import (MANIFEST, RunDir, adapter_files, atomic_path, check_disk, invalidate, open_run_dir, resolve_run_dir,
+                     stage_outputs, verify_manifest, write_atomic, write_json, write_manifest)
+from .training import Overhead, name_progress, peak_memory, per_device_batch_size, reset_peak_memory, training_arguments
 
 
 # --------------------------------------------------------------------------- small I/O helpers
@@ -151,8 +166,6 @@ class Context:
     def matcher(self, spec: DataSpec, key: str):
         """``match(response, reference) -> bool`` for FA: ``spec.match`` when set (data/matchers.py),
         else the task's own; a dataset without one (a local file) must name one."""
-        from .data.matchers import build_matcher
-
         entry = DATASETS.get(spec.name, f"{key}.name")
         if spec.match is not None:
             return build_matcher(spec, key)
@@ -160,8 +173,6 @@ class Context:
             raise ConfigError(f"{key}.pattern is read only with {key}.match: regex")
         match = entry.meta.get("match")
         if match is None:
-            from .registry import MATCHERS
-
             raise ConfigError(f"{key}.match: {spec.name!r} has no answer matcher of its own; choose one of "
                               f"{', '.join(MATCHERS.names())} (docs/own_task.md)")
         return match
@@ -204,8 +215,6 @@ def same_task(a: DataSpec, b: DataSpec) -> bool:
         return True
 
     def where(s: DataSpec):
-        from .paths import expand_path
-
         path = str(expand_path(s.path, "data.path")) if s.path else None
         return path, s.hub_id, s.hub_config
 
@@ -320,8 +329,6 @@ class Plan:
     def check_processes(self, processes: int) -> None:
         """Every training stage's batch on ``processes`` processes: a ``global_batch_size`` must
         be divisible by processes × gradient_accumulation_steps (one-line ``ConfigError``)."""
-        from .training import per_device_batch_size
-
         for planned in [*self.aligns.values(), *self.runs.values()]:
             if planned.entry.name != "none":
                 per_device_batch_size(planned.train, processes, self.train_keys[planned.key]["global_batch_size"])
@@ -375,8 +382,6 @@ class Plan:
 def check_references(rows: list[Example], match, spec: DataSpec) -> None:
     """Every ``eval.utility`` row has a reference its matcher can match (``matchers.reference``):
     a row without one would score wrong whatever the model answers."""
-    from .data.matchers import reference
-
     check = getattr(match, "check", None)  # the built-in tasks' matchers have none
     for ex in rows:
         ref = reference(ex)
@@ -411,8 +416,6 @@ def task_warning(plan: "Plan") -> str | None:
 
 
 def _asdict(dc) -> dict:
-    from dataclasses import asdict
-
     return asdict(dc)
 
 
@@ -423,16 +426,11 @@ def train_keys(base: str, own: str, typed: dict) -> dict[str, str]:
     overrides some settings under its own ``train``; an error about an inherited setting names
     ``finetune.train.<setting>``, one about an overridden setting ``finetune.runs.<run>.train.<setting>``.
     """
-    from dataclasses import fields
-
     return {f.name: f"{own if f.name in typed else base}.{f.name}" for f in fields(TrainSettings)}
 
 
 def _check_train(train: TrainSettings, keys: dict[str, str]) -> None:
     """The ``TrainingArguments`` choices a YAML typo would otherwise only break at training time."""
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
     for name, kind in (("lr_scheduler_type", SchedulerType), ("optim", OptimizerNames)):
         choices = [e.value for e in kind]
         if getattr(train, name) not in choices:
@@ -446,8 +444,6 @@ def _check_train(train: TrainSettings, keys: dict[str, str]) -> None:
 def run_dir_of(cfg: ExperimentConfig) -> Path:
     """The run directory as one absolute path (``~``, ``$VARS`` and ``..`` resolved, paths.py);
     every stage, the Trainer included, writes under exactly this path."""
-    from .rundir import resolve_run_dir
-
     return resolve_run_dir(cfg.output_dir or Path("runs") / cfg.name)
 
 
@@ -470,12 +466,6 @@ def _train_stage(label, defense_entry, opts, model, data, train: TrainSettings, 
                  progress: str = ""):
     """Train one stage with its defense's Trainer into ``out_dir`` and return its record;
     ``progress`` labels the progress bar (default: the last two parts of ``out_dir``)."""
-    from transformers import set_seed
-
-    from .checkpoint import CheckpointState, NumericsGuard, latest_checkpoint
-    from .models import save_adapter
-    from .training import Overhead, name_progress, training_arguments
-
     check_disk(out_dir, stage_bytes(model, train), label)
     ckpt = latest_checkpoint(out_dir)
     set_seed(seed)
@@ -532,8 +522,6 @@ class StageStore:
         """``done`` when the stage's manifest in the run directory verifies for its key, ``cached``
         when a verified cache entry was linked into the run directory (``files``: entry name →
         path there), else None (the stage is to be computed). Decided by the main process."""
-        from . import stages
-
         def decide():
             out = self.run_dir / st.folder
             if verify_manifest(self.run_dir, out, adapter_files(inputs), key=st.key,
@@ -577,8 +565,6 @@ class StageStore:
         ``UserError`` names them); its folder keeps what it holds (the checkpoints of an
         interrupted run of this very stage) only if it was started for the same key
         (``stages.STAGE_KEY_FILE``; without one, only when the config is unchanged)."""
-        from . import stages
-
         missing = [p for p in inputs if not (Path(p) / "adapter_config.json").is_file()]
         if missing:
             names = ", ".join(str(Path(p).relative_to(self.run_dir).as_posix()) for p in missing)
@@ -600,8 +586,6 @@ def _stage_done(store: StageStore, st, out: Path, inputs: list[Path], records: d
     """Whether stage ``out`` is done or reused (``StageStore.reuse``: its manifest verifies for its
     key against the current ``inputs``, the adapter folders it was built from, or the cache has
     it); if so its record is loaded into ``records``."""
-    from .checkpoint import remove_checkpoints
-
     how = store.reuse(st, {}, inputs)
     if how is None:
         return None
@@ -614,8 +598,6 @@ def _stage_done(store: StageStore, st, out: Path, inputs: list[Path], records: d
 def _finish_stage(store: StageStore, st, out: Path, inputs: list[Path], train=None) -> None:
     """Mark a stage done (its manifest with its key, written last), drop its checkpoints unless
     kept, and keep it in the cache."""
-    from .checkpoint import remove_checkpoints
-
     outputs = stage_outputs(out) if is_main() else []
     write_manifest(store.run_dir, out, outputs, adapter_files(inputs), key=st.key)
     if train is None or not train.keep_checkpoints:
@@ -635,8 +617,6 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     metrics returned); one of another config reuses every stage whose key is unchanged (stages.py);
     ``force`` computes everything again (rundir.open_run_dir).
     """
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     t_start = time.perf_counter()
     env_threads()  # a bad environment variable fails before anything is created
@@ -649,7 +629,6 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
         say(warning)
     init()  # the process group, when launched on several processes (a no-op otherwise)
     plan.check_processes(num_processes())
-    from . import stages
 
     graph = stages.build_graph(cfg, plan, probe)  # every stage's key, before anything is written
     if cfg.cache_dir and is_main():
@@ -688,8 +667,6 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
 def write_run_results(run_dir: Path, metrics: dict, cfg: dict) -> Path:
     """``results.md`` and ``hs_fa.png`` of a run (report.write_results), before ``metrics.json``
     marks it finished: a finished run always has them."""
-    from .report import files_section, judge_of, write_results
-
     rows = metrics["results"]
     return write_results(run_dir, metrics["name"], rows, judge_of(rows, cfg.get("eval", {}).get("judge")), cfg=cfg,
                          wall=metrics.get("wall_seconds"), prov=metrics.get("provenance"), extra=files_section())
@@ -732,8 +709,6 @@ def disk_full_error(e: BaseException, run_dir: Path) -> BaseException:
 
 
 def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
-    from transformers import set_seed
-
     torch_threads()
     tok = models.load_tokenizer(cfg.model)
     ctx = Context(cfg, tok, probe.pools)
@@ -765,7 +740,6 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
                 data = ctx.examples(a.data, "alignment.data")
                 if a.benign is not None:
                     data = data + ctx.examples(a.benign, "alignment.benign")
-                import random
 
                 random.Random(cfg.seed).shuffle(data)
                 align_data = ctx.tokenize(data)
@@ -835,8 +809,6 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
             post_ctx = ctx.for_stage(planned.key, source)
             model = models.build(cfg.model, cfg.lora, chains[src], new_adapter=False, trainable=True)
             check_disk(out, stage_bytes(model), f"post-fine-tuning {name}")
-            from .models import save_adapter
-            from .training import peak_memory, reset_peak_memory
 
             reset_peak_memory()  # as a training stage measures it (training.Overhead): from the model built
             t0 = time.perf_counter()
@@ -873,8 +845,6 @@ def _run(cfg, plan, run_dir, probe, sizes, t_start, store: StageStore) -> dict:
 
 def nonfinite(obj, key: str = "") -> str | None:
     """The dotted key of the first NaN or infinite number in ``obj`` (nested dicts and lists), else None."""
-    import math
-
     if isinstance(obj, float) and not math.isfinite(obj):
         return key or "the value"
     items = []
@@ -893,8 +863,6 @@ def check_repaired(model, ctx: Context, info: dict, label: str, key: str) -> Non
     """The fault guard after a post-fine-tuning defense: every weight finite, the model's logits on
     the first evaluation prompt finite (huge but finite weights overflow there), and the numbers
     the defense reports finite. Raises a one-line ``UserError`` naming the stage otherwise."""
-    import torch
-
     for pname, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise UserError(f"{label}: non-finite weights in {pname} after the defense; nothing was saved "
@@ -963,10 +931,6 @@ def _evaluate_one(cfg, plan, ctx, chains, records, run_dir, store, st, v, i, jud
     and put into the cache; the variant's ``result.json`` and ``generations/<variant>.jsonl`` are
     then assembled from the parts in a fixed order, as one evaluation of every set writes them.
     """
-    import torch
-
-    from .eval.evaluate import evaluate_benign, evaluate_harmful, evaluate_task
-
     e = cfg.eval
     tok = ctx.tokenizer
     vdir, gen_path = files["result.json"].parent, files["generations.jsonl"]
@@ -1051,8 +1015,6 @@ def env_threads() -> int | None:
 
 
 def torch_threads():
-    import torch
-
     n = env_threads()
     if n:
         torch.set_num_threads(n)

@@ -11,6 +11,7 @@ backend: no display needed.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 #: colours of successive groups (matplotlib's tab10, fixed so a plot does not depend on rc settings)
@@ -120,8 +121,6 @@ def _place_labels(fig, ax, clusters: list[list[tuple[dict, float, str]]]) -> Non
     """Label every cluster of points that (nearly) coincide with one text block (one line per
     colour listing its labels), placed greedily where it overlaps no earlier block and stays inside
     the axes: right of the point, else left, else shifted up or down with a thin leader line."""
-    import textwrap
-
     px = fig.dpi / 72.0  # pixels per point
     box = ax.get_window_extent()
     placed: list[tuple[float, float, float, float]] = []  # the markers first: a label covers none

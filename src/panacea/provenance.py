@@ -13,6 +13,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from .distributed import num_processes
+
 #: the packages whose versions decide a result
 PACKAGES = ("panacea", "torch", "transformers", "peft", "accelerate")
 
@@ -70,8 +72,6 @@ def machine() -> dict:
     """``host()`` with torch's version, the GPU (or None) and, under ``accelerate launch``, the
     number of processes (what ``timings.json`` and the bench record)."""
     import torch
-
-    from .distributed import num_processes
 
     return {
         "cpu": cpu_model(),

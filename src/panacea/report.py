@@ -10,7 +10,13 @@ judge.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+from .distributed import is_main
+from .plots import plot_hs_fa, point
+from .registry import JUDGES
+from .rundir import write_atomic
 
 
 def _f(v, nd=1):
@@ -119,10 +125,6 @@ def column_notes(judge: str | None, seeds: int | None = None) -> list[str]:
 def judge_help(name: str) -> str:
     """A judge's one-line description (``panacea ls judges``), importing only its own module
     (loading every plug-in would cost ``panacea compare`` seconds); "" for an unknown name."""
-    import importlib
-
-    from .registry import JUDGES
-
     if JUDGES.registered(name) is None and name.isidentifier():
         for mod in (f"panacea.judges.{name}", "panacea.judges.harm"):  # `refusal` registers with harm
             try:
@@ -319,15 +321,10 @@ def write_results(folder: str | Path, name: str, rows: list[dict], judge: str | 
     """Write ``folder/hs_fa.png`` and ``folder/results.md`` (main process only) and return the
     path of ``results.md``. A plot that cannot be drawn (matplotlib missing) is noted in
     ``results.md`` instead of failing the run."""
-    from .distributed import is_main
-    from .rundir import write_atomic
-
     folder = Path(folder)
     plot, note = PLOT, ""
     if is_main():
         try:
-            from .plots import plot_hs_fa, point
-
             pts = [point(r, group=variant_stage(cfg, r["name"])) for r in rows]
             plot_hs_fa(pts, folder / PLOT, f"{name}: harmful score vs fine-tune accuracy"
                        + (f" ({len(seeds)} seeds)" if seeds else ""),

@@ -48,6 +48,7 @@ import yaml
 
 from .distributed import is_main
 from .errors import UserError
+from .paths import expand_path
 
 MANIFEST = "done.json"
 LOCK = ".lock"
@@ -522,8 +523,6 @@ def _lock(path: Path):
 
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     """The one absolute path of a run directory (``paths.expand_path``: ``~``, ``$VARS``, ``..``)."""
-    from .paths import expand_path
-
     return expand_path(run_dir, "output_dir")
 
 

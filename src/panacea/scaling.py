@@ -31,12 +31,18 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from statistics import median
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
+from transformers import set_seed
+from transformers.utils import logging as hf_logging
 
 from . import attacks, models
 from .config import ExperimentConfig, parse_options
 from .errors import ConfigError
+from .pipeline import Context
 from .registry import DEFENSES
 from .training import per_device_batch_size, release_freed_memory, training_arguments
 from .training.memory import _reset_peak, _rss_peak_bytes
@@ -70,10 +76,6 @@ class _Step:
     """One method's real trainer on a fresh rank-r model, fed batches of exactly L tokens."""
 
     def __init__(self, cfg: ExperimentConfig, ctx, method: Method, rank: int, length: int, batch_size: int, out: str):
-        from transformers import set_seed
-
-        from .pipeline import Context
-
         stage, name, options = method
         if stage not in ("alignment", "finetune"):
             raise ConfigError(f"scaling: {name!r} is a {stage} defense; only training stages have a step to time")
@@ -129,8 +131,6 @@ def _stage_examples(cfg: ExperimentConfig, ctx, stage: str) -> list:
 @contextlib.contextmanager
 def _quiet():
     """transformers' warnings and weight-loading bars off while models are built (restored after)."""
-    from transformers.utils import logging as hf_logging
-
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -177,8 +177,6 @@ def scaling_sweep(cfg: ExperimentConfig, ctx, methods: dict[str, Method], seq_le
     ``sft``) is the reference of the ratios. Every method gets the same batch size (default: ``finetune.train``'s per-device
     batch), so the ratios compare the same work.
     """
-    from tqdm import tqdm
-
     bs = batch_size or per_device_batch_size(cfg.finetune.train, 1)
     combos = [(m, L, r) for m in methods for L in seq_lengths for r in ranks]
     points = []
@@ -251,10 +249,6 @@ def interleaved_overhead(cfg: ExperimentConfig, ctx, methods: dict[str, Method],
     target). The load average before and after is recorded. Needs every model in memory at once
     (``len(methods)`` copies): the bench model's scale, not a 7B model's.
     """
-    from statistics import median
-
-    from tqdm import tqdm
-
     ref_label = reference(methods)
     if ref_label is None:
         raise ConfigError(f"overhead: the methods must include {DEFENSES['finetune'].baseline()}, the reference of the ratios")
@@ -326,8 +320,6 @@ def profile_step(cfg: ExperimentConfig, ctx, stage: str, defense_name: str, opti
     (empty when the trainer has no labels).
     Both user and harmful batches are exactly ``model.max_length`` tokens (``fixed_length``).
     """
-    from torch.profiler import ProfilerActivity, profile
-
     cuda = torch.cuda.is_available()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     train = cfg.alignment.train if stage == "alignment" else cfg.finetune.train

@@ -38,11 +38,20 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
-from .distributed import is_main
-from .errors import ConfigError
-from .rundir import MANIFEST, adapter_files, atomic_path, sha256_file, write_json
+import yaml
+
+from . import __version__, attacks
+from .config import ExperimentConfig, from_dict, to_dict
+from .distributed import is_main, num_processes
+from .errors import ConfigError, UserError
+from .paths import expand_path
+from .rundir import MANIFEST, adapter_files, atomic_path, read_marker, sha256_file, verify_manifest, write_json
+
+# pipeline imports stages, and models and checkpoint load torch (`panacea plan` reads this module
+# first): they are imported inside the functions that need them
 
 #: Bumped when the meaning of a key's contents changes.
 KEY_SCHEMA = "panacea-stage/1"
@@ -108,8 +117,6 @@ def model_fingerprint(mcfg) -> dict:
 
     out = {"name_or_path": mcfg.name_or_path}
     if mcfg.name_or_path == models.EMBEDDED:
-        from importlib import metadata
-
         try:
             out["package"] = metadata.version(models.EMBEDDED_PACKAGE.replace("_", "-"))
         except metadata.PackageNotFoundError:
@@ -144,17 +151,12 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
     ``ctx`` is a ``pipeline.Context`` without a tokenizer (``Plan.check_data`` has loaded its pools):
     the rows each stage reads are digested from it. No model is loaded.
     """
-    from . import __version__, attacks
-    from .config import to_dict
-
     def spec(s):
         return to_dict(s) if s is not None else None
 
     def defender_rows(entry, opts, key):
         return {k: rows_digest(ctx.examples(getattr(opts, k), f"{key}.{k}"))
                 for k in entry.spec.defender_data_keys + entry.spec.safety_data_keys}
-
-    from .distributed import num_processes
 
     # processes: a global_batch_size is split over them, and evaluation prompts are sharded
     base = {"panacea": __version__, "model": {**to_dict(cfg.model), "fingerprint": model_fingerprint(cfg.model)},
@@ -229,12 +231,7 @@ def recorded_keys(run_dir: Path) -> dict[str, str]:
     manifest in it has no key (written before stage keys existed); else, or when that config no
     longer loads, ``{}``. A keyless manifest then counts for a stage only if that stage's key is
     unchanged (``pipeline.StageStore``)."""
-    import yaml
-
-    from .config import ExperimentConfig, from_dict
-    from .errors import UserError
     from .pipeline import Context, Plan
-    from .rundir import read_marker
 
     run_dir = Path(run_dir)
     try:
@@ -262,8 +259,6 @@ def recorded_keys(run_dir: Path) -> dict[str, str]:
 def cache_root(cfg, run_dir: Path) -> Path:
     """``cfg.cache_dir`` (expanded, paths.expand_path), else ``<run_dir>/cache``."""
     if getattr(cfg, "cache_dir", None):
-        from .paths import expand_path
-
         return expand_path(cfg.cache_dir, "cache_dir")
     return Path(run_dir) / "cache"
 
@@ -417,8 +412,6 @@ def fill(entry: Path, files: list[str], dests: dict[str, Path]) -> None:
 
 def stage_status(st: Stage, run_dir: Path, cache: Cache, chain: list[Path], legacy: dict | None = None) -> str:
     """``done`` (verified in the run directory), ``cached`` (a verified cache entry) or ``compute``."""
-    from .rundir import verify_manifest
-
     if verify_manifest(run_dir, run_dir / st.folder, adapter_files(chain), key=st.key,
                        legacy=(legacy or {}).get(st.folder) == st.key):
         return "done"

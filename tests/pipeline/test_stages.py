@@ -115,14 +115,14 @@ def test_a_setting_changes_only_the_prompt_sets_it_reaches(tiny_dir, override, c
 
 
 def test_changed_eval_prompts_reevaluate_without_training(finished, tiny_dir, tmp_path, capsys, monkeypatch):
-    import panacea.eval.evaluate as evaluate
+    import panacea.pipeline as pipeline  # the names the pipeline calls (imported at its top)
 
     def must_not_run(*a, **k):
         raise AssertionError("a prompt set whose settings did not change was generated again")
 
     out = copy_run(finished, tmp_path / "run")
-    monkeypatch.setattr(evaluate, "evaluate_task", must_not_run)
-    monkeypatch.setattr(evaluate, "evaluate_benign", must_not_run)
+    monkeypatch.setattr(pipeline, "evaluate_task", must_not_run)
+    monkeypatch.setattr(pipeline, "evaluate_benign", must_not_run)
     code, printed = run(tiny_dir, out, "eval.harmful.n=5", capsys=capsys)
     monkeypatch.undo()
     assert code == 0, printed.err

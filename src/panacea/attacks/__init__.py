@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..config import parse_options
 from ..data.base import Example
 from ..errors import ConfigError, UserError
+from ..registry import ATTACKS
 
 #: The attack every config had before attacks existed; it builds exactly the old user set.
 DEFAULT = "poison_mix"
@@ -59,9 +61,6 @@ def resolve(cfg):
             ``eval.triggered`` with an attack that has no trigger form, or a fine-tuning run that
             sets a non-zero ``poison_ratio`` for an attack that takes no ratio.
     """
-    from ..config import parse_options
-    from ..registry import ATTACKS
-
     fd = cfg.finetune.data
     entry = ATTACKS.get(fd.attack, "finetune.data.attack")
     if not dataclasses.fields(entry.obj.Config) and fd.attack_options:

@@ -52,12 +52,16 @@ from pathlib import Path
 from ..config import read_yaml
 from ..errors import ConfigError, UserError
 from ..paths import expand_path
+from ..provenance import machine
 from ..registry import DEFENSES
 from ..rundir import LOCK, _classify, _lock, _remove_run, clean_temporaries, read_marker
 from .measure import _probe, estimate_seconds, finished_row_steps, generation_speedup, measure_overhead
 from .report import plot_all, replot, report_md, write_outputs
 from .results import _base_value, ablation_findings, check_targets, collect, collect_ablations
 from .spec import TARGETS, _attack, _options, _scaling_spec, _spec, _targeted, build, scaling_methods
+
+# torch and the modules that import it (models, pipeline, scaling, analysis) are imported inside
+# run_bench: `panacea plot` (replot) loads no torch
 
 
 # --------------------------------------------------------------------------- the command
@@ -136,7 +140,6 @@ def run_bench(config: str | Path, quick: bool, out: str | Path, force: bool = Fa
     from .. import models
     from ..analysis.coefficients import analyze_run
     from ..pipeline import Context, Plan, run_experiment, say
-    from ..provenance import machine
 
     raw = read_yaml(config)
     if not isinstance(raw, dict) or "bench" not in raw:

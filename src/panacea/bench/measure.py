@@ -11,6 +11,9 @@ from ..errors import ConfigError
 from .results import _base_value
 from .spec import _attack, _passes, scaling_methods
 
+# torch and the modules that import it (models, training, scaling, eval.generate, data.templates)
+# are imported inside the measuring functions: importing the bench (`panacea plot`) loads no torch
+
 
 # --------------------------------------------------------------------------- time estimate
 

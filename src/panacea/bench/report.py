@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..plots import plot_hs_fa, point
 from ..rundir import write_atomic, write_json
 from .results import _fmt
 from .spec import TARGETS
+
+# scaling imports torch: its report and plot are imported where a bench measured scaling
 
 
 # --------------------------------------------------------------------------- plots and report
@@ -19,8 +22,6 @@ def plot_all(results: dict, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..plots import plot_hs_fa, point
 
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = {"alignment": "#3b6ea5", "finetune": "#c0504d", "post": "#4f9a55"}

@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
+
 
 @dataclass
 class Example:
@@ -93,8 +95,6 @@ class DataSpec:
     identity when unset (``rundir.canonical``)."""
 
     def __post_init__(self):
-        from ..errors import ConfigError
-
         # start and n are checked against the pool when rows are selected (mixing.select)
         if self.holdout is not None and not 0 < self.holdout < 1:
             raise ConfigError(f"holdout must be a share in (0, 1), got {self.holdout}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError, DataError
+from ..paths import MAX_DATA_BYTES, expand_path, read_regular
 from ..registry import DATASETS
 from .base import DataSpec, Example
 
@@ -79,8 +80,6 @@ def rows_to_examples(
 def _read_text(spec: DataSpec, loader: str) -> tuple[Path, str]:
     """The file ``data.path`` (``~`` and ``$VARS`` expanded, paths.py) and its text: a regular file
     only (never a FIFO or a device, which would hang or never end) of at most ``data.max_bytes``."""
-    from ..paths import MAX_DATA_BYTES, expand_path, read_regular
-
     if spec.path is None:
         raise ConfigError(f"data.path is required for the {loader} loader")
     try:

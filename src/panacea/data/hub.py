@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .base import DataSpec, Example
-from .files import rows_to_examples
+from .files import read_rows, rows_to_examples
 from .mixing import normalize_prompt
 from .sentiment import INSTRUCTION as SST2_INSTRUCTION
 
@@ -49,8 +49,6 @@ def _load_hub(name: str, hub_id: str, config: str | None, split: str) -> Any:
 def _rows(name: str, spec: DataSpec, hub_id: str, config: str | None, split: str) -> Any:
     """A local export when ``data.path`` is set (same columns as the hub dataset), else the hub."""
     if spec.path:
-        from .files import read_rows
-
         rows = read_rows(spec, name)
         for i, r in enumerate(rows):
             missing = [c for c in _COLUMNS.get(name, ()) if c not in r]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..judges.calibration import Labelled, judge_info, read_labelled
+from .human_labels import load_split
 from .stats import auroc, wilson_interval
 
 #: ``--data pyrit-human:SPLIT`` reads the pyrit human labels instead of a file (load_labelled)
@@ -51,7 +52,6 @@ def load_labelled(spec: str, need_both: bool = True, fields: dict[str, str] | No
     if str(spec).startswith(PYRIT_HUMAN):
         if fields or invert:
             raise DataError(f"--fields and --invert-labels apply to files; {spec} has its own columns and labels")
-        from .human_labels import load_split
 
         items = load_split(str(spec)[len(PYRIT_HUMAN):])
         out = Labelled([it.prompt for it in items], [it.response for it in items], [it.label for it in items],

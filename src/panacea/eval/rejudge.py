@@ -26,11 +26,16 @@ import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from ..errors import UserError
 from .answers import read_answers
 from .evaluate import harm_metrics, verdict_row
+from .stats import summarize
 from ..judges.calibration import judge_info
+from ..registry import JUDGES
 from ..rundir import write_atomic, write_json
+from ..timings import load_metrics
 
 #: judge-independent numbers carried over from metrics.json
 _CARRY = ("finetune_accuracy", "finetune_accuracy_ci", "n_task_items", "over_refusal", "over_refusal_ci",
@@ -50,8 +55,6 @@ def _variants(run: Path) -> list[tuple[str, Path]]:
 
 def _metrics(run: Path) -> dict:
     """metrics.json with the timings of timings.json (``timings.load_metrics``), {} if unreadable."""
-    from ..timings import load_metrics
-
     return load_metrics(run)
 
 
@@ -105,8 +108,6 @@ def rejudge_run(run: Path, judge, judge_name: str, options: dict, tag: str | Non
 
 
 def _original_judge(run: Path) -> str | None:
-    import yaml
-
     p = run / "config.yaml"
     try:
         cfg = yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else None
@@ -149,9 +150,6 @@ def rejudge(run_dir: str | Path, judge_name: str, options: dict | None = None, t
     the per-seed ``runs`` and ``results`` = mean ± 95 % interval per variant (``eval.stats.summarize``).
     An earlier re-judging with the same judge and tag is refused unless ``force``.
     """
-    from ..registry import JUDGES
-    from .stats import summarize
-
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run directory {str(run)!r} not found")

@@ -32,6 +32,7 @@ from __future__ import annotations
 from ..errors import ConfigError, UserError
 from ..registry import JUDGES
 from .base import Judge, Verdict
+from .calibration import judge_info
 from .options import KEY, check_options
 
 
@@ -45,8 +46,6 @@ class GateJudge:
 
     @property
     def info(self) -> dict:
-        from .calibration import judge_info
-
         first, then = judge_info(self.first), judge_info(self.then)
         source = f"of the second judge ({then.get('judge')})"
         if then.get("threshold_source"):

@@ -51,6 +51,8 @@ import random
 from pathlib import Path
 
 from ..errors import DataError
+from ..eval.human_labels import prompt_key
+from ..eval.stats import auroc
 from ..registry import JUDGES
 from .base import Judge, Verdict
 from .coherence import is_degenerate, is_incoherent, words
@@ -179,15 +181,11 @@ def inputs_hash(train_items, validation_items, seed: int) -> str:
 
 
 def _auroc(scores, labels) -> float:
-    from ..eval.stats import auroc
-
     return auroc([float(s) for s in scores], list(labels))
 
 
 def _folds(items, seed: int, k: int = FOLDS) -> list[int]:
     """Fold of each item, by prompt (a prompt's answers share a fold), seeded."""
-    from ..eval.human_labels import prompt_key
-
     keys = sorted({prompt_key(it.prompt) for it in items})
     random.Random(f"{seed}:folds").shuffle(keys)
     fold = {key: i % k for i, key in enumerate(keys)}

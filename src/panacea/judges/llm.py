@@ -49,8 +49,10 @@ import math
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..eval.stats import auroc
 from ..registry import JUDGES
 from .base import Judge, Verdict
+from .calibration import best_threshold, read_labelled
 from .coherence import is_degenerate, is_incoherent
 from .options import DTYPES, check_options, choice, device, first_line, local_model, positive, unit_interval
 from .refusal import is_refusal
@@ -153,9 +155,6 @@ class LLMJudge:
             raise ConfigError(f"eval.judge_options.model: its tokenizer cannot tell {YES!r} from {NO!r}")
 
     def _calibrate(self, path: str) -> None:
-        from .calibration import best_threshold, read_labelled
-        from ..eval.stats import auroc
-
         data = read_labelled(path)
         scores = [s for s, _ in self.score(data.prompts, data.responses)]
         self.threshold, ba = best_threshold(scores, data.labels)
@@ -261,8 +260,6 @@ class LLMJudge:
 
 def parse_options(options: dict) -> dict:
     """Validate ``eval.judge_options`` without loading anything (also run by the CLI before training)."""
-    from .calibration import read_labelled
-
     opts = check_options(
         options,
         {"model": str, "threshold": float, "calibration": str, "batch_size": int, "max_length": int,

@@ -43,12 +43,16 @@ from ..config import ExperimentConfig, load_config, read_yaml, to_dict
 from ..errors import ConfigError, UserError
 from ..eval.stats import mean_ci
 from ..paths import expand_path
+from ..plots import PALETTE
 from ..registry import load_builtins
 from ..rundir import RunDir, config_digest, first_difference, open_run_dir, read_marker, write_atomic, write_json
 from ..timings import merge_timings, read_timings
 from .engines import Job, make_engine, preflight
 from .spec import (DEFAULT_FA_MARGIN, EXECUTION_KEYS, SweepSpec, cell_id, grid_cells, parse, short_names,
                    split_section)
+
+# sweep.search (the optuna search) imports this package, and pipeline loads torch: both are imported
+# inside the functions that use them
 
 __all__ = ["run_sweep", "DEFAULT_FA_MARGIN"]
 
@@ -598,8 +602,6 @@ def draw(sweep_dir: Path, spec: SweepSpec, summary: list[dict]) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..plots import PALETTE
 
     names = short_names(spec.swept_keys())
     paths = []

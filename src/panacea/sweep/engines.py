@@ -9,7 +9,10 @@ others go on; the engines report each point as it finishes.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..api import run_experiment
 from ..errors import UserError
 
 
@@ -41,8 +45,6 @@ def _one_line(e: BaseException) -> str:
 def run_point(config: dict, force: bool = False) -> dict:
     """Run one point (in this process, a Ray worker or a SLURM job) and return
     ``{"ok": True, "results": [...], "wall_seconds": s}`` or ``{"ok": False, "error": "one line"}``."""
-    from ..api import run_experiment
-
     t0 = time.perf_counter()
     try:
         run = run_experiment(config, force=force)
@@ -115,7 +117,6 @@ class RayEngine:
             import ray
         except ImportError:
             raise UserError("--engine ray needs ray: pip install 'panacea[sweep]'") from None
-        import logging
 
         common = dict(include_dashboard=False, logging_level=logging.WARNING, ignore_reinit_error=False)
         self._env = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN",)}
@@ -126,8 +127,6 @@ class RayEngine:
                     or (Path.home() / ".ray" / "auth_token").exists()):
                 # a new local cluster enables token authentication and would save a token in
                 # ~/.ray/auth_token; this cluster's token lives in the environment of its processes
-                import secrets
-
                 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
             cpus = self.local_cpus or os.cpu_count() or 1
             try:
@@ -275,8 +274,6 @@ class SlurmEngine:
 def preflight(spec) -> None:
     """What can be checked about the engine before anything is written: its package, the Ray
     address (it accepts connections), the SLURM cluster kind and ``sbatch``."""
-    import importlib.util
-
     if spec.engine == "ray":
         if importlib.util.find_spec("ray") is None:
             raise UserError("--engine ray needs ray: pip install 'panacea[sweep]'")

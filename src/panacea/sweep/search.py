@@ -15,7 +15,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import yaml
+
 from ..errors import ConfigError, UserError
+from ..rundir import write_atomic
+from . import Planner, execute, finish, finished, open_sweep_dir, set_dotted
 from .engines import make_engine
 from .spec import Range, SweepSpec
 
@@ -47,8 +51,6 @@ def _endpoint_cells(space: list[Range]) -> list[dict]:
 
 def run_search(base: dict, section: dict, spec: SweepSpec, sweep_dir: Path, variants: list[str], *,
                force: bool = False, dry_run: bool = False, say=print) -> dict:
-    from . import Planner, finish, finished, open_sweep_dir
-
     try:
         import optuna
     except ImportError:
@@ -137,8 +139,6 @@ def _run_trials(study, planner, spec: SweepSpec, sweep_dir: Path, counted, point
     """Ask, run and tell trials, ``sweep.parallel`` at a time, until ``sweep.trials`` are counted."""
     from optuna.trial import TrialState
 
-    from . import execute
-
     with make_engine(spec.engine, spec, sweep_dir) as eng:
         slots = spec.parallel or (1 if spec.engine == "local" else min(eng.slots, 4))
         say(f"search: {eng.describe()}; {slots} trial(s) at a time")
@@ -219,11 +219,6 @@ def _best(study, spec: SweepSpec) -> dict | None:
 def write_best(sweep_dir: Path, base: dict, params: dict, seed: int, spec: SweepSpec, target: str, best: dict) -> str:
     """``best_attack.yaml``: the experiment with the best trial's values; ``panacea run`` on it
     reproduces the point (its own run directory, runs/<name>-worst)."""
-    import yaml
-
-    from ..rundir import write_atomic
-    from . import set_dotted
-
     raw = copy.deepcopy(base)
     for k, v in params.items():
         set_dotted(raw, k, v)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -16,9 +17,10 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, _ALIASES, _OPEN, apply_overrides, check_tree
+from ..config import ExperimentConfig, _ALIASES, _OPEN, apply_overrides, check_tree, read_yaml
 from ..errors import ConfigError
 
 #: FA (in points) a defense may lose against the baseline at the same point and still count for
@@ -104,8 +106,6 @@ def _unwrap(tp):
 
 
 def _did_you_mean(word: str, names: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(word, names, n=1, cutoff=0.6) or [n for n in names if n.startswith(word[:3])]
     return f" (did you mean {close[0]}?)" if close else ""
 
@@ -184,10 +184,6 @@ def split_section(raw: dict, overrides: list[str], origin=None) -> tuple[dict, d
 
     ``sweep.base: FILE`` names an experiment YAML (relative to the sweep file's folder ``origin``,
     else to the working folder) that the sweep file's own top-level keys are merged over."""
-    from pathlib import Path
-
-    from ..config import read_yaml
-
     raw = copy.deepcopy(raw)
     raw = apply_overrides(raw, [o for o in overrides if o.split("=", 1)[0].strip().startswith("sweep.")])
     base_overrides = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("sweep.")]

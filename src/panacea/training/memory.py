@@ -5,6 +5,8 @@ sweep.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import resource
 import time
@@ -30,9 +32,6 @@ def release_freed_memory() -> None:
     next collection) and hand freed memory back (the CUDA cache; heap pages to the OS with glibc
     ``malloc_trim``), so the RSS a stage starts from is what is alive, not what earlier stages
     left behind."""
-    import ctypes
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
