@@ -102,7 +102,7 @@ class BoosterTrainer(AuxiliaryMixin, Trainer):
         return loss_f.detach() * f_scale
 
 
-DEFENSES["alignment"].register_trainer(
+Booster = DEFENSES["alignment"].register_trainer(  # the registry entry
     "booster", BoosterTrainer,
     help="Booster (arXiv 2409.01586): penalise the harmful-loss drop of one simulated step (3F+3B)",
     spec=DefenseSpec(stage="alignment", config_cls=BoosterConfig, passes_per_step=3,

@@ -214,7 +214,7 @@ class RepNoiseTrainer(AuxiliaryMixin, Trainer):
         return loss_f.detach() * f_scale
 
 
-DEFENSES["alignment"].register_trainer(
+RepNoise = DEFENSES["alignment"].register_trainer(  # the registry entry
     "repnoise", RepNoiseTrainer,
     help="RepNoise (arXiv 2405.14577): push harmful MLP activations to noise, raise harmful CE (2F+2B)",
     spec=DefenseSpec(stage="alignment", config_cls=RepNoiseConfig, passes_per_step=2,

@@ -183,7 +183,7 @@ class LisaTrainer(AuxiliaryMixin, Trainer):
         return {**self.stats, "final_state": self.lisa_state}
 
 
-DEFENSES["finetune"].register_trainer(
+Lisa = DEFENSES["finetune"].register_trainer(  # the registry entry
     "lisa", LisaTrainer,
     data_key="alignment_data", data_kwarg="alignment_dataset",
     help="Lisa (arXiv 2405.18641): alternate alignment / user phases with a proximal term (1F+1B)",

@@ -201,7 +201,7 @@ class PanaceaTrainer(AuxiliaryMixin, Trainer):
         return s
 
 
-DEFENSES["finetune"].register_trainer(
+Panacea = DEFENSES["finetune"].register_trainer(  # the registry entry
     "panacea", PanaceaTrainer,
     help="Panacea (arXiv 2501.18100): optimise ε during fine-tuning, add it at the end (3F+3B)",
     spec=DefenseSpec(
@@ -288,7 +288,7 @@ class PanaceaAvgTrainer(PanaceaTrainer):
         return {**super().stage_record(), "epsilon_averaged_steps": kept}
 
 
-DEFENSES["finetune"].register_trainer(
+PanaceaAvg = DEFENSES["finetune"].register_trainer(  # the registry entry
     "panacea_avg", PanaceaAvgTrainer,
     option="panacea",
     help="beyond the paper: Panacea's training, output ε = mean of the first/last k or all steps' ε, rescaled to ρ",
