@@ -252,6 +252,8 @@ def method(cfg: dict, variant: str) -> str:
     text = name if stage != "post" else f"{name} on {d.get('from')}"
     if opts:
         text += f" ({opts})"
+    if stage == "finetune" and d.get("alignment"):  # attacked from another aligned model, e.g. Booster's
+        text += f", from the {d['alignment']} model"
     entry = DEFENSES[stage].get(name) if name in DEFENSES[stage] else None
     if entry is not None and entry.spec.beyond_paper:
         text += " — *beyond the paper*"
@@ -340,7 +342,9 @@ def section(res: dict, level: int = 2) -> list[str]:
              f"* seeds: {', '.join(map(str, seeds))} ({len(seeds)} training seed{'s' if len(seeds) != 1 else ''})",
              f"* machine: {m.get('cpu') or m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
              f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; wall "
-             f"{'?' if wall is None else f'{wall / 60:.0f} min'}" + _stage_time(res),
+             f"{'?' if wall is None else f'{wall / 60:.0f} min'}"
+             + (" (the seeds' runs summed; seeds run side by side take less)" if len(seeds) > 1 else "")
+             + _stage_time(res),
              "* versions: " + ", ".join(f"{k} {v.get(k)}" for k in PACKAGES)
              + f"; commit {(g.get('commit') or '?')[:10]}{' (with local changes)' if g.get('dirty') else ''}"
              + (f" ({g['source']})" if g.get('source') else ""),
