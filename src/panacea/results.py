@@ -36,7 +36,7 @@ from .eval.stats import mean_ci, summarize
 from .timings import merge_timings, read_timings
 from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES
-from .rundir import canonical, first_difference
+from .rundir import canonical, first_difference, read_json
 from .sweep.record import SCHEMA as SWEEP_SCHEMA, is_sweep, load_sweep, record_sweep, sweep_section
 
 SCHEMA = "panacea-result/1"
@@ -52,19 +52,10 @@ _END = "<!-- /results:{name} -->"
 # --------------------------------------------------------------------------- record
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-
-
 def _seed_dirs(run: Path) -> dict[int, Path]:
     """seed → folder holding that seed's metrics.json (the run itself for a one-seed run)."""
     if (run / "summary.json").is_file():
-        summary = _read_json(run / "summary.json")
+        summary = read_json(run / "summary.json")
         return {int(s): run / d for s, d in summary["runs"].items()}
     if (run / "metrics.json").is_file():
         cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -99,7 +90,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
     runs = [Path(r) for r in ([runs] if isinstance(runs, (str, Path)) else runs)]
     out = Path(out)
     if out.exists():
-        schema = (_read_json(out / "result.json").get("schema") if (out / "result.json").is_file() else None)
+        schema = (read_json(out / "result.json").get("schema") if (out / "result.json").is_file() else None)
         if schema not in (SCHEMA, SWEEP_SCHEMA):
             raise UserError(f"{out} exists and is not a recorded result (no result.json); choose another folder")
         if not force:
@@ -107,7 +98,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
     if any(is_sweep(r) for r in runs):
         if len(runs) != 1:
             raise UserError("a sweep folder is recorded alone: panacea record SWEEP results/NAME")
-        return record_sweep(runs[0], out, command, _git_of(None, commit), owned=out.exists())
+        return record_sweep(runs[0], out, command, _git_of(None, commit))
     seeds: dict[int, Path] = {}
     for run in runs:
         if not run.is_dir():
@@ -146,13 +137,13 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         shutil.copytree(gens, dst / "generations")
         if (d / "timings.json").is_file():
             shutil.copy2(d / "timings.json", dst / "timings.json")
-        m = merge_timings(_read_json(d / "metrics.json"), read_timings(d))
+        m = merge_timings(read_json(d / "metrics.json"), read_timings(d))
         wall[str(seed)] = m.get("wall_seconds")
         machine = machine or m.get("machine")
         prov = prov or m.get("provenance")  # what the run itself recorded (metrics.json), if it did
         per_seed[seed] = m["results"]
     if len(runs) == 1 and (runs[0] / "summary.json").is_file():
-        total = _read_json(runs[0] / "summary.json").get("wall_seconds")
+        total = read_json(runs[0] / "summary.json").get("wall_seconds")
     else:  # separate runs (possibly in parallel): the sum of their wall times
         total = round(sum(v or 0.0 for v in wall.values()), 1)
     top = {**_identity(configs[first]), **({"seed": first} if single else {"seeds": sorted(seeds)})}
@@ -203,7 +194,7 @@ def _git_of(prov: dict | None, commit: str | None) -> dict:
 def load(folder: Path, judge: str | None = None) -> dict:
     """One recorded result: its ``result.json``, config and per-seed results (HS from ``judge``'s
     re-judging when given, else from ``metrics.json``)."""
-    meta = _read_json(folder / "result.json")
+    meta = read_json(folder / "result.json")
     if meta.get("schema") == SWEEP_SCHEMA:
         return load_sweep(folder)
     if meta.get("schema") != SCHEMA:
@@ -212,12 +203,12 @@ def load(folder: Path, judge: str | None = None) -> dict:
     per_seed = {}
     for seed, rel in meta["seed_dirs"].items():
         d = folder / rel
-        rows = _read_json(d / "metrics.json")["results"]
+        rows = read_json(d / "metrics.json")["results"]
         if judge:
             path = d / f"rejudge_{judge}.json"
             if not path.is_file():
                 raise UserError(f"{path} is missing: run `panacea rejudge {folder} --judge {judge}` first")
-            new = {r["name"]: r for r in _read_json(path)["results"]}
+            new = {r["name"]: r for r in read_json(path)["results"]}
             rows = [{**r, **{k: v for k, v in new.get(r["name"], {}).items() if k != "name"}} for r in rows]
         per_seed[int(seed)] = rows
     return {"folder": folder, "meta": meta, "config": cfg, "per_seed": per_seed,
@@ -386,7 +377,7 @@ def other_judges(res: dict) -> list[str]:
     for d in folders:
         names = set()
         for f in d.glob("rejudge_*.json"):
-            j = _read_json(f)
+            j = read_json(f)
             if f.stem == f"rejudge_{j.get('judge')}" and j.get("judge") != recorded:
                 names.add(j["judge"])
         found = names if found is None else found & names

@@ -112,6 +112,17 @@ def _finite(obj):
     return obj
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file written by panacea (a result, a summary); a missing or unreadable one is a
+    one-line ``UserError`` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
 def write_json(path: Path, obj) -> None:
     """``obj`` as valid JSON: the stages stop on a non-finite number they compute (pipeline's fault
     guards); any other one is written as ``null``, never as a bare ``NaN``/``Infinity``."""

@@ -207,20 +207,19 @@ def build_graph(cfg, plan, ctx) -> dict[str, Stage]:
     triggered = {"attack": plan.attack.name, "attack_options": _asdict(plan.attack_opts)} if e.triggered else None
     # what each prompt set's answers and scores depend on (EvalConfig's other keys, ``samples`` and
     # ``variants``, change only which rows are printed or which variants are evaluated)
+    # each prompt set reads one eval section (its spec and rows) and has settings of its own
+    reads = {"harmful": "harmful", "task": "utility", "benign": "benign", "triggered": "harmful"}
     judged = {"judge": e.judge, "judge_options": e.judge_options}
-    part_settings = {
-        "harmful": {"spec": spec(e.harmful), **judged, "max_new_tokens": e.max_new_tokens},
-        "task": {"spec": spec(e.utility), "max_new_tokens": e.utility_max_new_tokens},
-        "benign": {"spec": spec(e.benign), "max_new_tokens": e.max_new_tokens},
-        "triggered": {"spec": spec(e.harmful), **judged, "max_new_tokens": e.max_new_tokens, **(triggered or {})}}
-    present = {"harmful": True, "task": e.utility is not None, "benign": e.benign is not None,
-               "triggered": bool(e.triggered)}
+    own = {"harmful": {**judged, "max_new_tokens": e.max_new_tokens},
+           "task": {"max_new_tokens": e.utility_max_new_tokens},
+           "benign": {"max_new_tokens": e.max_new_tokens},
+           "triggered": {**judged, "max_new_tokens": e.max_new_tokens, **(triggered or {})}}
+    sets = [part for part, k in reads.items() if k in eval_rows and (part != "triggered" or e.triggered)]
     for v in plan.variants:
         inputs = [graph[v].key] if v in graph else []
         parts = {part: Stage("eval", f"{v} ({part})", f"eval/{v}", inputs, {
-            **base, "variant": v, "set": part, "rows": eval_rows.get("harmful" if part == "triggered" else
-                                                                   {"task": "utility"}.get(part, part)),
-            "batch_size": e.batch_size, **ps}) for part, ps in part_settings.items() if present[part]}
+            **base, "variant": v, "set": part, "spec": spec(getattr(e, reads[part])),
+            "rows": eval_rows[reads[part]], "batch_size": e.batch_size, **own[part]}) for part in sets}
         graph[f"eval/{v}"] = Stage("eval", v, f"eval/{v}", inputs, {
             **base, "variant": v, "eval": settings, "rows": eval_rows, "triggered": triggered}, {}, parts)
     return graph

@@ -21,7 +21,9 @@ import yaml
 
 from ..errors import UserError
 from ..provenance import PACKAGES, versions
-from ..rundir import read_marker
+from ..rundir import atomic_path, read_json, read_marker
+from ..timings import read_timings
+from . import _f
 
 SCHEMA = "panacea-sweep/1"
 #: What is copied from each point's run directory (``generations/`` too: answers to re-judge).
@@ -40,18 +42,10 @@ def is_sweep(folder: Path) -> bool:
         return False
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-
-
-def record_sweep(sweep: Path, out: Path, command: str | None, git: dict, owned: bool) -> Path:
-    """Copy a finished sweep's citable files into ``out`` (a new folder, or with ``owned`` one this
-    command wrote); ``git`` is the commit record (``results._git_of``)."""
+def record_sweep(sweep: Path, out: Path, command: str | None, git: dict) -> Path:
+    """Copy a finished sweep's citable files into ``out`` (a new folder, or one this command wrote:
+    ``results.record`` checks which before calling), as one folder renamed into place;
+    ``git`` is the commit record (``results._git_of``)."""
     sweep, out = Path(sweep), Path(out)
     try:
         state = json.loads((sweep / "status.json").read_text(encoding="utf-8")).get("state")
@@ -60,15 +54,20 @@ def record_sweep(sweep: Path, out: Path, command: str | None, git: dict, owned: 
     if read_marker(sweep) is None or state != "done":
         raise UserError(f"{sweep}: the sweep is not finished (status {state or 'unknown'}); "
                         "run the same `panacea sweep` command again to finish it")
-    summary = _read(sweep / "summary.json")
-    points = sorted({r["run_dir"] for r in _read(sweep / "table.json")["rows"] if r.get("status") == "done"})
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    summary = read_json(sweep / "summary.json")
+    points = sorted({r["run_dir"] for r in read_json(sweep / "table.json")["rows"] if r.get("status") == "done"})
     for f in SWEEP_FILES:
         if not (sweep / f).is_file():
             raise UserError(f"{sweep / f} is missing: the sweep did not finish")
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        _copy(sweep, tmp, summary, points, command, git)
+    return out
+
+
+def _copy(sweep: Path, tmp: Path, summary: dict, points: list[str], command: str | None, git: dict) -> None:
+    """Write the recorded sweep into the new folder ``tmp`` (``record_sweep``)."""
+    for f in SWEEP_FILES:
         shutil.copy2(sweep / f, tmp / f)
     if (sweep / "plots").is_dir():
         shutil.copytree(sweep / "plots", tmp / "plots")
@@ -81,12 +80,11 @@ def record_sweep(sweep: Path, out: Path, command: str | None, git: dict, owned: 
                 shutil.copy2(src / f, dst / f)
         if (src / "generations").is_dir():
             shutil.copytree(src / "generations", dst / "generations")
-        prov = prov or _read(src / "metrics.json").get("provenance")
-        machine = machine or (json.loads((src / "timings.json").read_text(encoding="utf-8")).get("machine")
-                              if (src / "timings.json").is_file() else None)
+        prov = prov or read_json(src / "metrics.json").get("provenance")
+        machine = machine or (read_timings(src) or {}).get("machine")
     meta = {
         "schema": SCHEMA,
-        "name": out.name,
+        "name": tmp.name,
         "experiment": summary.get("name"),
         "command": command or f"panacea sweep {sweep / 'config.yaml'}",
         "points": len(points),
@@ -99,22 +97,14 @@ def record_sweep(sweep: Path, out: Path, command: str | None, git: dict, owned: 
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     (tmp / "result.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    if out.exists() and owned:
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
 
 
 def load_sweep(folder: Path) -> dict:
     """A recorded sweep: its ``result.json``, ``summary.json`` and config."""
     folder = Path(folder)
-    return {"kind": "sweep", "folder": folder, "meta": _read(folder / "result.json"),
-            "doc": _read(folder / "summary.json"),
+    return {"kind": "sweep", "folder": folder, "meta": read_json(folder / "result.json"),
+            "doc": read_json(folder / "summary.json"),
             "config": yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}}
-
-
-def _f(x, nd: int = 1) -> str:
-    return "–" if x is None else f"{x:.{nd}f}"
 
 
 def _metric(entry: dict | None, key: str) -> dict | None:
@@ -153,8 +143,9 @@ def holds(doc: dict) -> dict[str, list[str]]:
     return out
 
 
-def _label(entry: dict) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in entry["cell"].items()) or "base"
+def _label(cell: dict) -> str:
+    """A grid point by its swept values, e.g. ``poison_ratio 0.2``."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in cell.items()) or "base"
 
 
 def sweep_section(res: dict, level: int = 2, where: Path | None = None) -> list[str]:
@@ -213,12 +204,12 @@ def sweep_section(res: dict, level: int = 2, where: Path | None = None) -> list[
         if w.get("point") is None:
             lines.append(f"| {var} | – | – | – | {w.get('note')} | 0/{w['points']} |")
         else:
-            label = ", ".join(f"{k.rsplit('.', 1)[-1]} {x}" for k, x in (w.get("cell") or {}).items()) or w["point"]
+            label = _label(w.get("cell") or {}) if w.get("cell") else w["point"]
             lines.append(f"| {var} | {_f(w['harmful_score'])} ({_f(w['harmful_score_lo'], 0)}–"
                          f"{_f(w['harmful_score_hi'], 0)}) | {_f(w['finetune_accuracy'])} | "
                          f"{_f(w['baseline_finetune_accuracy'])} | {label} | {w['eligible']}/{w['points']} |")
     held = holds(doc)
-    labels = {e["point"]: _label(e) for e in entries}
+    labels = {e["point"]: _label(e["cell"]) for e in entries}
     every = [var for var, h in held.items() if h["of"] and len(h["held"]) == len(h["of"])]
     some = [var for var, h in held.items() if h["held"] and len(h["held"]) < len(h["of"])]
     none = [var for var, h in held.items() if h["of"] and not h["held"]]
