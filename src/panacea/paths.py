@@ -19,7 +19,7 @@ import re
 import stat
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UserError
 
 #: Default cap on a data file (``data.max_bytes`` raises it per data section).
 MAX_DATA_BYTES = 1 << 30
@@ -94,3 +94,22 @@ def read_regular(path: Path, max_bytes: int, what: str, error=DataError) -> byte
         raise error(f"cannot read {what} {shown}: {e.strerror or type(e).__name__}") from None
     finally:
         os.close(fd)
+
+
+def cache_dir() -> Path:
+    """panacea's own cache folder: ``$PANACEA_CACHE``, else ``$XDG_CACHE_HOME/panacea`` or
+    ``~/.cache/panacea``, expanded and resolved (``expand_path``); an unusable value is a one-line
+    ``UserError`` naming the variable. It holds the embedded model's safetensors copy (models.py)
+    and matplotlib's font cache (plots.pyplot)."""
+
+    for var, sub in (("PANACEA_CACHE", ""), ("XDG_CACHE_HOME", "panacea")):
+        root = os.environ.get(var, "")
+        if root:
+            try:
+                path = expand_path(root, var) / sub if sub else expand_path(root, var)
+            except ConfigError as e:
+                raise UserError(str(e)) from None
+            if path.exists() and not path.is_dir():
+                raise UserError(f"{var}: {str(path)!r} is not a folder")
+            return path
+    return Path.home().resolve() / ".cache" / "panacea"

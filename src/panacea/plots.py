@@ -11,12 +11,41 @@ backend: no display needed.
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from pathlib import Path
+
+from .paths import cache_dir
 
 #: colours of successive groups (matplotlib's tab10, fixed so a plot does not depend on rc settings)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed), for every plot panacea draws.
+
+    matplotlib writes a font cache into its config folder on first import (``~/.config/matplotlib``
+    or ``~/.cache/matplotlib``). Unless ``MPLCONFIGDIR`` names one, or matplotlib was imported
+    already, it goes under panacea's own cache folder (``paths.cache_dir()/matplotlib``) instead:
+    a run writes nothing in folders it does not own. The variable is set only for the import and
+    restored after it (matplotlib remembers its folder for the process)."""
+    own = "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR")
+    if own:
+        folder = cache_dir() / "matplotlib"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = str(folder)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        matplotlib.get_cachedir()  # read (and remembered) while the variable is set
+    finally:
+        if own:
+            del os.environ["MPLCONFIGDIR"]
+    return plt
 
 
 def _mean(v):
@@ -49,10 +78,7 @@ def plot_hs_fa(points: list[dict], path: str | Path, title: str, legend: list[tu
     ``[(text, {"color", "marker"}), ...]``). Points without FA cannot be placed: they are named
     under the plot; when no point has FA, HS is drawn per variant instead. ``note`` is a line of
     text under the plot (e.g. which interval the bars are)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

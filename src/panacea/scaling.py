@@ -43,6 +43,7 @@ from . import attacks, models
 from .config import ExperimentConfig, parse_options
 from .errors import ConfigError
 from .pipeline import Context
+from .plots import pyplot
 from .registry import DEFENSES
 from .training import per_device_batch_size, release_freed_memory, training_arguments
 from .training.memory import _reset_peak, _rss_peak_bytes
@@ -394,10 +395,7 @@ def profile_report(prof: dict) -> list[str]:
 
 def plot_scaling(points: list[dict], out_dir) -> Path:
     """``scaling.png``: step time vs L (largest rank) and vs rank (largest L), per method, log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for m in dict.fromkeys(p["method"] for p in points):

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError, UserError
+from ..plots import pyplot
 
 _LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
 _MODULE = re.compile(r"\.([A-Za-z0-9_]+)\.lora_([AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
@@ -114,10 +115,7 @@ def to_csv(rows: list[dict]) -> str:
 
 def plot(coeffs: dict, title: str, path: Path) -> Path:
     """Bar plot of the per-layer share (primary) with mean |ε| on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = coeffs["layers"]
     x = [r["layer"] for r in rows]

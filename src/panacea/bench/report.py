@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..plots import plot_hs_fa, point
+from ..plots import plot_hs_fa, point, pyplot
 from ..rundir import write_atomic, write_json
 from .results import _fmt
 from .spec import TARGETS
@@ -18,10 +18,7 @@ from .spec import TARGETS
 
 
 def plot_all(results: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = {"alignment": "#3b6ea5", "finetune": "#c0504d", "post": "#4f9a55"}

@@ -43,7 +43,7 @@ from ..config import ExperimentConfig, load_config, read_yaml, to_dict
 from ..errors import ConfigError, UserError
 from ..eval.stats import mean_ci
 from ..paths import expand_path
-from ..plots import PALETTE
+from ..plots import PALETTE, pyplot
 from ..registry import load_builtins
 from ..rundir import RunDir, config_digest, first_difference, open_run_dir, read_marker, write_atomic, write_json
 from ..timings import merge_timings, read_timings
@@ -598,10 +598,7 @@ def report(doc: dict, sweep_dir: Path, plots: list[Path]) -> str:
 def draw(sweep_dir: Path, spec: SweepSpec, summary: list[dict]) -> list[Path]:
     """``plots/<key>.png`` per swept key: HS and FA (two panels) against the key's values, one line
     per variant with its interval as a band (error bars on a categorical axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = short_names(spec.swept_keys())
     paths = []
