@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .cli import check_judge
 from .config import ExperimentConfig, apply_overrides, from_dict, load_config as _load, read_yaml, to_dict
 from .data.base import DataSpec
 from .data.mixing import select
 from .distributed import init
 from .errors import ConfigError
+from .judges.options import check_judge
 from .registry import DATASETS
 
 # pipeline, models and seeds load torch (``import panacea`` and ``panacea.RunResult`` do not):

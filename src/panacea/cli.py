@@ -345,16 +345,6 @@ def cmd_rejudge(args) -> int:
     return 0
 
 
-def check_judge(cfg) -> None:
-    """Validate ``eval.judge_options`` (and calibration files, local model folders) before any
-    training, for judges that register a ``check`` (judges/options.py)."""
-    from .registry import JUDGES
-
-    check = JUDGES.get(cfg.eval.judge, "eval.judge").meta.get("check")
-    if check is not None:
-        check(cfg.eval.judge_options)
-
-
 def cmd_run(cfg, force: bool) -> int:
     from .api import run_experiment  # the Python API's code path (api.py)
     from .report import format_results, format_summary
@@ -397,6 +387,7 @@ def launch_command(args, processes: int) -> list[str]:
 def cmd_launch(args) -> int:
     """``panacea run --launcher accelerate``: validate here (one line, exit 2), then relaunch."""
     from .config import load_config
+    from .judges.options import check_judge
     from .pipeline import Plan
 
     n = args.num_processes

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..registry import JUDGES
 
 KEY = "eval.judge_options"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -81,3 +82,12 @@ def local_model(options: dict, what: str, key: str = "model") -> None:
     looks_local = name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
     if looks_local and not Path(name).expanduser().is_dir():
         raise DataError(f"{KEY}.{key}: cannot load the {what} {name!r} (no such folder)")
+
+
+def check_judge(cfg) -> None:
+    """Validate ``cfg.eval.judge_options`` (and calibration files, local model folders) before any
+    training, for a judge that registers a ``check``; ``panacea run``, ``validate`` and the Python
+    API call it."""
+    check = JUDGES.get(cfg.eval.judge, "eval.judge").meta.get("check")
+    if check is not None:
+        check(cfg.eval.judge_options)
