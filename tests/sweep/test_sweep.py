@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def test_grid_local_table_plots_worst_case_and_resume(tiny_dir, tmp_path, capsys
         assert w["eligible"] >= 1 and w["fa_checked"] is True
     assert (out / "plots" / "poison_ratio.png").stat().st_size > 0 and (out / "plots" / "attack.png").exists()
     assert "Worst case per variant" in (out / "sweep.md").read_text()
-    capsys.readouterr()
+    # each point's line says its own run time and the time into the sweep (not one for the other)
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sweep: [")]
+    assert len(done) == 3 and all(re.search(r": done \(its run \d+ s, \d+ s into the sweep\)$", d) for d in done), done
 
     # the same command again: every point is read back, none is run
     import panacea.sweep.engines as engines

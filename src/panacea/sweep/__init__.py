@@ -339,7 +339,8 @@ def _run_jobs(eng, todo: list[Job], outcomes: dict, say) -> dict:
     for i, (job, out) in enumerate(eng.run(todo), 1):
         outcomes[job.id] = out
         state = "done" if out.get("ok") else f"FAILED: {out.get('error')}"
-        say(f"sweep: [{i}/{len(todo)}] points/{job.id}: {state} ({time.perf_counter() - t0:.0f} s)")
+        took = f"its run {out['wall_seconds']:.0f} s, " if isinstance(out.get("wall_seconds"), (int, float)) else ""
+        say(f"sweep: [{i}/{len(todo)}] points/{job.id}: {state} ({took}{time.perf_counter() - t0:.0f} s into the sweep)")
     return outcomes
 
 
