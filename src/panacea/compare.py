@@ -27,7 +27,7 @@ from .errors import UserError
 from .paths import expand_path
 from .plots import plot_hs_fa, point
 from .report import PLOT, _render, column_notes, files_section, footer, judge_of, summary_rows, table_rows, write_results
-from .rundir import write_atomic
+from .rundir import read_status, write_atomic
 from .timings import load_metrics
 
 MD, PNG = "compare.md", "compare.png"
@@ -53,13 +53,8 @@ def load_run(arg: str | Path) -> dict:
     path = expand_path(arg, "RUN")
     if not path.is_dir():
         raise UserError(f"{run}: no such run directory")
-    status = None
-    if (path / "status.json").is_file():
-        try:
-            status = json.loads((path / "status.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            status = None
-    if isinstance(status, dict) and status.get("state") not in (None, "done"):
+    status = read_status(path)
+    if status is not None and status.get("state") not in (None, "done"):
         why = f": {status['error']}" if status.get("error") else ""
         raise UserError(f"{run}: not a finished panacea run (status {status.get('state')}{why})")
     try:

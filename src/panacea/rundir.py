@@ -123,6 +123,16 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
+def read_status(folder: Path) -> dict | None:
+    """``folder/status.json`` (a run's or a sweep's state: running, failed, done), or None when it
+    is missing, unreadable or not an object."""
+    try:
+        status = json.loads((Path(folder) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
 def write_json(path: Path, obj) -> None:
     """``obj`` as valid JSON: the stages stop on a non-finite number they compute (pipeline's fault
     guards); any other one is written as ``null``, never as a bare ``NaN``/``Infinity``."""
@@ -506,14 +516,14 @@ class RunDir:
 
     def completed(self, result: str) -> dict | None:
         """The result of a finished run whose result file still matches its checksum, else None."""
+        status = read_status(self.path)
+        if status is None or status.get("state") != "done" or status.get("result") != result:
+            return None
         try:
-            status = json.loads((self.path / "status.json").read_text(encoding="utf-8"))
-            if status.get("state") != "done" or status.get("result") != result:
-                return None
             if sha256_file(self.path / result) != status.get("result_sha256"):
                 return None
             return json.loads((self.path / result).read_text(encoding="utf-8"))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             return None
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import UserError
 from ..provenance import PACKAGES, versions
-from ..rundir import atomic_path, read_json, read_marker
+from ..rundir import atomic_path, read_json, read_marker, read_status
 from ..timings import read_timings
 from . import _f
 
@@ -47,10 +47,7 @@ def record_sweep(sweep: Path, out: Path, command: str | None, git: dict) -> Path
     ``results.record`` checks which before calling), as one folder renamed into place;
     ``git`` is the commit record (``results._git_of``)."""
     sweep, out = Path(sweep), Path(out)
-    try:
-        state = json.loads((sweep / "status.json").read_text(encoding="utf-8")).get("state")
-    except (OSError, ValueError, AttributeError):
-        state = None
+    state = (read_status(sweep) or {}).get("state")
     if read_marker(sweep) is None or state != "done":
         raise UserError(f"{sweep}: the sweep is not finished (status {state or 'unknown'}); "
                         "run the same `panacea sweep` command again to finish it")
@@ -119,7 +116,7 @@ def _cell(m: dict | None) -> str:
     return f"{_f(m['mean'])} ({_f(m['lo'], 0)}–{_f(m['hi'], 0)})"
 
 
-def holds(doc: dict) -> dict[str, list[str]]:
+def holds(doc: dict) -> dict[str, dict[str, list[str]]]:
     """Per compared variant (not the baseline): the points where it holds (its HS interval lies
     entirely below the baseline's HS at that point and its FA ≥ the baseline's − the margin), and
     ``of``: the points where both were measured."""
