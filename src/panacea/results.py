@@ -16,12 +16,13 @@ evaluated on the ``validation`` part is a search: its section ends with the valu
 rule (:func:`select`) picks per family. ``--write FILE`` writes the whole document, ``--readme
 FILE`` replaces the block between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
 markers with that result's table, and ``--check`` fails if either file differs from what the
-command would write (the test suite runs it on ``docs/results.md`` and ``README.md``).
+command would write (the test suite runs it on ``docs/results.md`` and ``README.md``). A
+single-factor study (``configs/analysis/``, :data:`STUDIES`) adds its factor table and a
+conclusion generated from the intervals (``analysis/why_average.py``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,12 +32,13 @@ from pathlib import Path
 
 import yaml
 
+from .analysis import why_average
 from .errors import UserError
 from .eval.stats import mean_ci, summarize
 from .timings import merge_timings, read_timings
 from .provenance import PACKAGES, git_commit, versions  # noqa: F401  (one implementation: provenance.py)
 from .registry import DEFENSES
-from .rundir import canonical, first_difference, read_json
+from .rundir import canonical, first_difference, read_json, write_json
 from .sweep.record import SCHEMA as SWEEP_SCHEMA, is_sweep, load_sweep, record_sweep, sweep_section
 
 SCHEMA = "panacea-result/1"
@@ -45,6 +47,9 @@ SCHEMA = "panacea-result/1"
 FA_MARGIN = 3.0
 REFERENCE = "sft"
 _COPY_SEED = ("config.yaml", "metrics.json")
+#: single-factor studies (configs/analysis/) whose section adds a factor table and a generated
+#: conclusion, by the config's ``name``
+STUDIES = {"why_average": why_average.section}
 _MARK = "<!-- results:{name} -->"
 _END = "<!-- /results:{name} -->"
 
@@ -149,8 +154,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
     top = {**_identity(configs[first]), **({"seed": first} if single else {"seeds": sorted(seeds)})}
     (tmp / "config.yaml").write_text(yaml.safe_dump(top, sort_keys=False, allow_unicode=True), encoding="utf-8")
     if not single:
-        (tmp / "summary.json").write_text(json.dumps({"seeds": sorted(seeds), "results": summarize(per_seed)},
-                                                     indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "summary.json", {"seeds": sorted(seeds), "results": summarize(per_seed)})
     meta = {
         "schema": SCHEMA,
         "name": out.name,
@@ -168,7 +172,7 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         "git": _git_of(prov, commit),
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    (tmp / "result.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json(tmp / "result.json", meta)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -357,6 +361,9 @@ def section(res: dict, level: int = 2) -> list[str]:
     lines += by_judge(res, again, search)
     if not search:
         lines += paired(res, again)
+        study = STUDIES.get(cfg.get("name"))
+        if study is not None:
+            lines += study(res, again)
     if search:
         lines += ["", f"Selection (rule: lowest HS among the values whose FA ≥ FA({REFERENCE}) − {FA_MARGIN:g}; "
                   "when none is within that margin, the highest FA):", ""]
