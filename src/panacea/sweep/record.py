@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import UserError
 from ..provenance import PACKAGES, versions
-from ..rundir import atomic_path, read_json, read_marker, read_status
+from ..rundir import atomic_path, read_json, read_marker, read_status, write_json
 from ..timings import read_timings
 from . import _f
 
@@ -93,7 +93,7 @@ def _copy(sweep: Path, tmp: Path, summary: dict, points: list[str], command: str
         "git": (prov or {}).get("git") or git,
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    (tmp / "result.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json(tmp / "result.json", meta)
 
 
 def load_sweep(folder: Path) -> dict:
