@@ -169,7 +169,18 @@ def test_ls_lists_every_stage(capsys):
 
 def test_validate(tiny_dir, capsys):
     assert main(["validate", TINY, f"model.name_or_path={tiny_dir}"]) == 0
-    assert "valid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valid" in out
+    assert "does not divide" not in out  # tiny.yaml: Panacea's batch 4 of 8 samples
+
+
+def test_validate_warns_when_a_defender_batch_does_not_divide_its_set(tiny_dir, capsys):
+    """8 samples in batches of 3: each pass over them ends with a batch of 2 (one line, still valid)."""
+    assert main(["validate", TINY, f"model.name_or_path={tiny_dir}", "finetune.runs.panacea.harmful_batch_size=3"]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out
+    assert ("warning: finetune.runs.panacea.harmful_batch_size 3 does not divide the 8 samples of "
+            "finetune.runs.panacea.harmful_data: on one process each pass over them ends with a batch of 2") in out
 
 
 def test_merge_new_mode_and_alpaca_template(tiny_dir, tmp_path):

@@ -594,14 +594,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "validate":
             from .api import validate
-            from .pipeline import task_warning
+            from .pipeline import batch_warnings, task_warning
 
             plan, sizes = validate(cfg)
             print(f"{args.config}: valid; variants: {', '.join(plan.variants)}; pools: "
                   + ", ".join(f"{k}={v}" for k, v in sizes.items())
                   + (f"; seeds: {', '.join(map(str, cfg.seeds))}" if cfg.seeds else ""))
-            if task_warning(plan):
-                print(task_warning(plan))
+            for warning in filter(None, [task_warning(plan), *batch_warnings(plan, sizes)]):
+                print(warning)
             return 0
         return cmd_run(cfg, args.force)
     except UserError as e:

@@ -415,6 +415,27 @@ def task_warning(plan: "Plan") -> str | None:
             f"finetune.data.task = {u['finetune_task']} (docs/own_task.md)")
 
 
+def batch_warnings(plan: "Plan", sizes: dict[str, int]) -> list[str]:
+    """One line per defender set whose batch does not divide it: the auxiliary loader
+    (``training.loaders.CyclingLoader``) keeps the rest of each pass as a smaller batch on one
+    process, so some steps rest on fewer samples than the batch size says (e.g. 100 samples in
+    batches of 80 alternate 80 and 20). The batch option of ``X_data`` is ``X_batch_size``; unset,
+    the stage's ``per_device_train_batch_size``, as the trainers resolve it."""
+    out = []
+    for planned in [*plan.aligns.values(), *plan.runs.values()]:
+        for k in planned.entry.spec.defender_data_keys + planned.entry.spec.safety_data_keys:
+            option = k[: -len("_data")] + "_batch_size" if k.endswith("_data") else None
+            if option is None or not hasattr(planned.options, option):
+                continue
+            batch = getattr(planned.options, option) or planned.train.per_device_train_batch_size
+            n = sizes.get(f"{planned.key}.{k}")
+            if batch and n and n % batch:
+                out.append(f"warning: {planned.key}.{option} {batch} does not divide the {n} samples of "
+                           f"{planned.key}.{k}: on one process each pass over them ends with a batch of "
+                           f"{n % batch} (on several processes that batch is dropped)")
+    return out
+
+
 def _asdict(dc) -> dict:
     return asdict(dc)
 
@@ -624,8 +645,7 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     plan = Plan(cfg)
     probe = Context(cfg)
     sizes = plan.check_data(probe)
-    warning = task_warning(plan)
-    if warning:
+    for warning in filter(None, [task_warning(plan), *batch_warnings(plan, sizes)]):
         say(warning)
     init()  # the process group, when launched on several processes (a no-op otherwise)
     plan.check_processes(num_processes())
