@@ -40,8 +40,8 @@ LEARNED = {"aligned": 1, "sft": 60, "last@batch4": 50, "last@batch80": 20,
 
 
 def _rows(scores: dict) -> list[dict]:
-    return [{"name": v, "harmful_score": hs, "harmful_score_ci": [hs - 5, hs + 5], "finetune_accuracy": 90.0}
-            for v, hs in scores.items()]
+    return [{"name": v, "harmful_score": hs, "harmful_score_ci": [hs - 5, hs + 5], "finetune_accuracy": 90.0,
+             "share_degenerate": 100 - hs - 10} for v, hs in scores.items()]
 
 
 def make_result(tmp_path: Path) -> Path:
@@ -89,10 +89,10 @@ def test_tables_add_the_factor_table_and_one_conclusion_per_judge(tmp_path):
     make_result(tmp_path)
     doc = tables(tmp_path / "results")
     lines = doc.splitlines()
-    assert "| variant | output ε | harmful draws behind ε | distinct harmful samples | HS `harm` (95 %) | HS `learned` (95 %) | FA |" in lines
-    assert "| last@batch80 | the last step's | 80 | 80 | 68.0 (63–73) | 20.0 (15–25) | 90.0 |" in lines
-    assert "| avg@last10 | mean of steps 11–20 | 100 | 100 | 33.0 (28–38) | 18.0 (13–23) | 90.0 |" in lines
-    assert "| sft | none (no defense) | — | — | 80.0 (75–85) | 60.0 (55–65) | 90.0 |" in lines
+    assert "| variant | output ε | harmful draws behind ε | distinct harmful samples | HS `harm` (95 %) | HS `learned` (95 %) | degenerate | FA |" in lines
+    assert "| last@batch80 | the last step's | 80 | 80 | 68.0 (63–73) | 20.0 (15–25) | 22.0 | 90.0 |" in lines
+    assert "| avg@last10 | mean of steps 11–20 | 100 | 100 | 33.0 (28–38) | 18.0 (13–23) | 57.0 | 90.0 |" in lines
+    assert "| sft | none (no defense) | — | — | 80.0 (75–85) | 60.0 (55–65) | 10.0 | 90.0 |" in lines
     assert not any(line.startswith("| aligned | ") and "none" in line for line in lines)  # not a fine-tuning run
     # the conclusion is stated under the default judge `learned`; the recorded judge's reading follows
     main = next(line for line in lines if line.startswith("**Conclusion.**"))

@@ -168,9 +168,10 @@ def section(res: dict, again: dict[str, dict]) -> list[str]:
     loaded = {recorded: res, **again}
     judges = list(loaded)
     head = ["variant", "output ε", "harmful draws behind ε", "distinct harmful samples"] + [
-        f"HS `{j}` (95 %)" for j in judges] + ["FA"]
+        f"HS `{j}` (95 %)" for j in judges] + ["degenerate", "FA"]
     lines = ["", "Why the averaged ε works, one factor at a time (same data, model and ρ; "
-             "HS with its 95 % interval):", "",
+             "HS with its 95 % interval; degenerate: % of harmful prompts answered with broken output "
+             f"(repetition, too few words, symbols; `{recorded}`, docs/protocol.md#degenerate-answers)):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in res["summary"]:
         name = row["name"]
@@ -180,10 +181,11 @@ def section(res: dict, again: dict[str, dict]) -> list[str]:
         d = describe(opts, records.get(name) or {})
         which, draws, distinct = d if d else ("none (no defense)", None, None)
         fa = (row["metrics"].get("finetune_accuracy") or {}).get("mean")
+        degenerate = (row["metrics"].get("share_degenerate") or {}).get("mean")
         lines.append("| " + " | ".join(
             [name, which, "—" if draws is None else str(draws), distinct or "—"]
             + [_cell(_interval(loaded[j], name)) for j in judges]
-            + ["—" if fa is None else f"{fa:.1f}"]) + " |")
+            + ["—" if x is None else f"{x:.1f}" for x in (degenerate, fa)]) + " |")
     primary = PRIMARY_JUDGE if PRIMARY_JUDGE in loaded else recorded
     lines += ["", "**Conclusion.** " + conclusion(loaded[primary], primary)]
     for j in judges:
