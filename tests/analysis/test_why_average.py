@@ -100,11 +100,15 @@ def test_tables_add_the_factor_table_and_one_conclusion_per_judge(tmp_path):
                            "more harmful samples behind the last step's ε lower HS (50.0 at batch 4 → 20.0 at batch 80)")
     assert "where on the trajectory the averaged ε come from does not (22.0 from the first steps, 18.0 from the last)" in main
     assert "matches the last step's ε from 80" in main
-    assert main.endswith("the average works by resting on more harmful samples, not by where on the trajectory they come from.")
+    assert main.endswith("the average works by resting on more harmful samples, not by where on the trajectory they "
+                         "come from (broken answers to the harmful prompts: 70.3 % on average with an averaged ε, "
+                         "55.0 % with a last step's).")
     other = next(line for line in lines if line.startswith("* under `harm`: "))
     assert "does not move HS beyond the intervals (70.0 at batch 4, 68.0 at batch 80)" in other
     assert "the average over 100 draws is below the last step's ε from 80 (33.0 vs 68.0)" in other
-    assert other.endswith("the average works by averaging over steps, not through the number of samples in one step.")
+    assert other.endswith("the average works by averaging over steps, not through the number of samples in one step "
+                          "(broken answers to the harmful prompts: 58.7 % on average with an averaged ε, 21.0 % with a "
+                          "last step's).")
 
 
 def test_other_results_get_no_factor_table(tmp_path):
@@ -113,3 +117,15 @@ def test_other_results_get_no_factor_table(tmp_path):
     cfg["name"] = "not_the_study"
     (tmp_path / "results" / "why_average" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert "**Conclusion.**" not in tables(tmp_path / "results")
+
+
+def test_the_window_verdict_when_first_and_last_steps_differ(tmp_path):
+    """The first steps' average far below the last steps' (intervals apart): the window matters."""
+    out = make_result(tmp_path)
+    rel = next(iter(json.loads((out / "result.json").read_text())["seed_dirs"].values()))
+    scores = {**LEARNED, "avg@first10": 5, "avg@last10": 40}
+    (out / rel / "rejudge_learned.json").write_text(json.dumps({"judge": "learned", "results": _rows(scores)}))
+    main = next(line for line in tables(tmp_path / "results").splitlines() if line.startswith("**Conclusion.**"))
+    assert "where on the trajectory the averaged ε come from does (5.0 from the first steps, 40.0 from the last)" in main
+    assert "the average over 100 draws is above the last step's ε from 80 (40.0 vs 20.0)" in main
+    assert ": where on the trajectory the ε come from matters (broken answers" in main

@@ -111,6 +111,13 @@ def _cmp(a: tuple[float, float, float], b: tuple[float, float, float]) -> int:
     return -1 if a[2] < b[1] else 1 if a[1] > b[2] else 0
 
 
+def _mean_share(res: dict, names: list[str], key: str) -> float | None:
+    """Mean over ``names`` of a variant metric's mean (None when any lacks it)."""
+    by = {r["name"]: r["metrics"] for r in res["summary"]}
+    vals = [(by.get(n, {}).get(key) or {}).get("mean") for n in names]
+    return None if not vals or None in vals else sum(vals) / len(vals)
+
+
 def findings(res: dict) -> str:
     """The conclusion's body (what each factor does, and the verdict), from ``res``'s scores."""
     cfg, records = res["config"], _records(res)
@@ -140,17 +147,21 @@ def findings(res: dict) -> str:
               f"from {b_hi} ({late[0]:.1f} vs {big[0]:.1f})" if a else
               f"and the average over {draws_late} draws matches the last step's ε from {b_hi} within the "
               f"intervals ({late[0]:.1f} vs {big[0]:.1f})")
-    if s < 0 and not w and a >= 0:
-        verdict = "the average works by resting on more harmful samples, not by where on the trajectory they come from"
-    elif s < 0 and not w:
-        verdict = ("more samples help, and averaging over steps helps beyond them; where on the trajectory "
-                   "the steps lie does not matter")
-    elif not s and a < 0:
-        verdict = "the average works by averaging over steps, not through the number of samples in one step"
-    elif w:
-        verdict = "where on the trajectory the ε come from matters"
+    if w:
+        verdict = ("where on the trajectory the ε come from matters" + (
+            ", and averaging over steps beats the samples of one step" if a < 0 else ""))
+    elif s < 0:
+        verdict = ("more samples help, and averaging over steps helps beyond them; where on the trajectory the "
+                   "steps lie does not matter" if a < 0 else
+                   "the average works by resting on more harmful samples, not by where on the trajectory they come from")
     else:
-        verdict = "neither factor alone separates from the intervals"
+        verdict = ("the average works by averaging over steps, not through the number of samples in one step"
+                   if a < 0 else "neither factor separates from the intervals")
+    broken = {k: _mean_share(res, names, "share_degenerate") for k, names in
+              (("avg", list(avg.values())), ("last", [n for _, n in last]))}
+    if None not in broken.values():
+        verdict += (f" (broken answers to the harmful prompts: {broken['avg']:.1f} % on average with an averaged ε, "
+                    f"{broken['last']:.1f} % with a last step's)")
     return f"{samples}; {window}; {versus}: {verdict}."
 
 
