@@ -97,16 +97,17 @@ def test_tables_add_the_factor_table_and_one_conclusion_per_judge(tmp_path):
     # the conclusion is stated under the default judge `learned`; the recorded judge's reading follows
     main = next(line for line in lines if line.startswith("**Conclusion.**"))
     assert main.startswith("**Conclusion.** Under `learned` (one training seed, per-prompt intervals): "
-                           "more harmful samples behind the last step's ε lower HS (50.0 at batch 4 → 20.0 at batch 80)")
+                           "more harmful samples behind the last step's ε lower HS from batch 4 to batch 80 (50.0, 20.0 at batches 4, 80)")
     assert "where on the trajectory the averaged ε come from does not (22.0 from the first steps, 18.0 from the last)" in main
     assert "matches the last step's ε from 80" in main
-    assert main.endswith("the average works by resting on more harmful samples, not by where on the trajectory they "
-                         "come from (broken answers to the harmful prompts: 70.3 % on average with an averaged ε, "
+    assert main.endswith("consistent with the average working through the number of harmful samples behind it, not "
+                         "through where on the trajectory they come from (broken answers to the harmful prompts: 70.3 % on average with an averaged ε, "
                          "55.0 % with a last step's).")
     other = next(line for line in lines if line.startswith("* under `harm`: "))
-    assert "does not move HS beyond the intervals (70.0 at batch 4, 68.0 at batch 80)" in other
+    assert "does not move HS beyond the intervals from batch 4 to batch 80 (70.0, 68.0 at batches 4, 80)" in other
     assert "the average over 100 draws is below the last step's ε from 80 (33.0 vs 68.0)" in other
-    assert other.endswith("the average works by averaging over steps, not through the number of samples in one step "
+    assert other.endswith("consistent with the average working by averaging over steps, not through the number of "
+                          "samples in one step "
                           "(broken answers to the harmful prompts: 58.7 % on average with an averaged ε, 21.0 % with a "
                           "last step's).")
 

@@ -132,10 +132,12 @@ def findings(res: dict) -> str:
     small, big = _interval(res, n_lo), _interval(res, n_hi)
     first, late = _interval(res, avg["first"]), _interval(res, avg["last"])
     s = _cmp(big, small)
-    samples = (f"more harmful samples behind the last step's ε {'lower' if s < 0 else 'raise'} HS "
-               f"({small[0]:.1f} at batch {b_lo} → {big[0]:.1f} at batch {b_hi})" if s else
+    every = (", ".join(f"{_interval(res, n)[0]:.1f}" for _, n in last) + " at batches "
+             + ", ".join(str(b) for b, _ in last))
+    samples = (f"more harmful samples behind the last step's ε {'lower' if s < 0 else 'raise'} HS from batch "
+               f"{b_lo} to batch {b_hi} ({every})" if s else
                f"the number of harmful samples behind the last step's ε does not move HS beyond the intervals "
-               f"({small[0]:.1f} at batch {b_lo}, {big[0]:.1f} at batch {b_hi})")
+               f"from batch {b_lo} to batch {b_hi} ({every})")
     w = _cmp(first, late)
     window = (f"where on the trajectory the averaged ε come from does not ({first[0]:.1f} from the first "
               f"steps, {late[0]:.1f} from the last)" if not w else
@@ -153,10 +155,11 @@ def findings(res: dict) -> str:
     elif s < 0:
         verdict = ("more samples help, and averaging over steps helps beyond them; where on the trajectory the "
                    "steps lie does not matter" if a < 0 else
-                   "the average works by resting on more harmful samples, not by where on the trajectory they come from")
+                   "consistent with the average working through the number of harmful samples behind it, not "
+                   "through where on the trajectory they come from")
     else:
-        verdict = ("the average works by averaging over steps, not through the number of samples in one step"
-                   if a < 0 else "neither factor separates from the intervals")
+        verdict = ("consistent with the average working by averaging over steps, not through the number of "
+                   "samples in one step" if a < 0 else "neither factor separates from the intervals")
     broken = {k: _mean_share(res, names, "share_degenerate") for k, names in
               (("avg", list(avg.values())), ("last", [n for _, n in last]))}
     if None not in broken.values():
