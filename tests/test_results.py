@@ -49,7 +49,8 @@ def make_run(tmp_path: Path) -> Path:
         (d / "generations").mkdir(parents=True)
         (d / "finetune" / "sft" / "adapter").mkdir(parents=True)
         (d / "finetune" / "sft" / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
-        (d / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "seeds": None, "seed": seed}))
+        (d / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "seeds": None, "seed": seed,
+                                                       "output_dir": str(d), "cache_dir": str(tmp_path / "cache")}))
         rows = []
         for v, s in SCORES.items():
             hs, fa = s[i]
@@ -75,8 +76,12 @@ def test_record_keeps_configs_metrics_answers_and_provenance_but_no_adapters(tmp
     assert meta["eval"]["harmful"]["part"] == "validation"
     for s in (1, 2, 3):
         assert (out / f"seed_{s}" / "metrics.json").is_file()
+        # the seed's config without the paths of the machine it ran on
+        kept = yaml.safe_load((out / f"seed_{s}" / "config.yaml").read_text())
+        assert kept["seed"] == s and "output_dir" not in kept and "cache_dir" not in kept
         assert len(list((out / f"seed_{s}" / "generations").glob("*.jsonl"))) == len(SCORES)
     assert not list(out.rglob("*.safetensors"))
+    assert str(tmp_path) not in "".join(p.read_text() for p in out.rglob("*.yaml"))
 
 
 def test_record_never_replaces_what_it_did_not_write(tmp_path):

@@ -3,7 +3,7 @@ the tables from what was kept.
 
 ``panacea record RUN results/NAME`` copies what a table needs from a finished run directory (one
 seed, or a ``seeds: [...]`` parent with ``seed_<s>/`` folders) and nothing else: the resolved
-``config.yaml``, every seed's ``metrics.json``, ``timings.json`` and ``generations/*.jsonl`` (the saved answers, so
+``config.yaml`` (without ``output_dir`` and ``cache_dir``, paths of the machine it ran on), every seed's ``metrics.json``, ``timings.json`` and ``generations/*.jsonl`` (the saved answers, so
 a new judge re-scores them with ``panacea rejudge results/NAME --judge J`` without retraining),
 ``summary.json``, and a ``result.json`` with the provenance: the command, seeds, package versions,
 git commit, machine and wall time. No adapters or checkpoints are copied.
@@ -47,6 +47,8 @@ SCHEMA = "panacea-result/1"
 FA_MARGIN = 3.0
 REFERENCE = "sft"
 _COPY_SEED = ("config.yaml", "metrics.json")
+#: keys of a run's config that are paths on the machine it ran on: not copied into a recorded result
+_LOCAL_KEYS = ("output_dir", "cache_dir")
 #: single-factor studies (configs/analysis/) whose section adds a factor table and a generated
 #: conclusion, by the config's ``name``
 STUDIES = {"why_average": why_average.section}
@@ -72,7 +74,7 @@ def _identity(cfg: dict) -> dict:
     """A seed's config without what differs between the seeds of one experiment, compared as a run
     directory compares configs (``rundir.canonical``: keys added later, at the default that gives the
     older behaviour, do not count), so seeds run before and after such a key existed still join."""
-    return yaml.safe_load(canonical({k: v for k, v in cfg.items() if k not in ("seed", "seeds", "output_dir")}))
+    return yaml.safe_load(canonical({k: v for k, v in cfg.items() if k not in ("seed", "seeds", *_LOCAL_KEYS)}))
 
 
 def record(runs, out: str | Path, command: str | None = None, force: bool = False, commit: str | None = None) -> Path:
@@ -135,7 +137,12 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         for f in _COPY_SEED:
             if not (d / f).is_file():
                 raise UserError(f"{d / f} is missing: seed {seed} did not finish")
-            shutil.copy2(d / f, dst / f)
+            if f == "config.yaml":  # without the machine's paths (output_dir, cache_dir)
+                cfg = yaml.safe_load((d / f).read_text(encoding="utf-8")) or {}
+                (dst / f).write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k not in _LOCAL_KEYS},
+                                                    sort_keys=False, allow_unicode=True), encoding="utf-8")
+            else:
+                shutil.copy2(d / f, dst / f)
         gens = d / "generations"
         if not gens.is_dir():
             raise UserError(f"{gens} is missing: the saved answers are needed to re-judge")
