@@ -253,3 +253,15 @@ def test_record_names_where_the_commit_comes_from(tmp_path):
     assert not (tmp_path / "c").exists()
     record(run, tmp_path / "results" / "toy", commit="115deefd21")
     assert "; commit 115deefd21 (--commit (the run recorded none))" in tables(tmp_path / "results")
+
+
+def test_tables_say_when_the_recorded_invocation_reused_stages(tmp_path):
+    """A run assembled from stages computed elsewhere (a shared cache_dir) has the wall time of an
+    invocation that computed little: the section says how many stages it computed and reused."""
+    out = record(make_run(tmp_path), tmp_path / "results" / "toy")
+    assert "reused" not in tables(tmp_path / "results").split("* versions")[0]  # timings without stage counts
+    for seed, (c, r) in zip(CONFIG["seeds"], [(0, 9), (1, 8), (0, 9)]):
+        path = out / f"seed_{seed}" / "timings.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "stages": {"computed": c, "reused": r}}))
+    line = next(x for x in tables(tmp_path / "results").splitlines() if x.startswith("* machine:"))
+    assert "wall 1 min (that invocation computed 1 stage and reused 26) (the seeds' runs summed" in line

@@ -328,6 +328,19 @@ def _stage_time(res: dict) -> str:
             "resumed after an interruption has the wall time of its last invocation only)")
 
 
+def _reuse(res: dict) -> str:
+    """`` (that invocation computed C stages and reused R)``, summed over the seeds from their
+    ``timings.json`` ``stages``, when the recorded invocation reused any: its wall time then covers
+    only what it computed (e.g. a run assembled from stages other processes computed)."""
+    computed = reused = 0
+    for rel in res["meta"]["seed_dirs"].values():
+        st = (read_timings(res["folder"] / rel) or {}).get("stages") or {}
+        computed += st.get("computed") or 0
+        reused += st.get("reused") or 0
+    return (f" (that invocation computed {computed} stage{'' if computed == 1 else 's'} and reused {reused})"
+            if reused else "")
+
+
 def section(res: dict, level: int = 2) -> list[str]:
     meta, cfg = res["meta"], res["config"]
     ev = meta["eval"]
@@ -344,7 +357,7 @@ def section(res: dict, level: int = 2) -> list[str]:
              f"* seeds: {', '.join(map(str, seeds))} ({len(seeds)} training seed{'s' if len(seeds) != 1 else ''})",
              f"* machine: {m.get('cpu') or m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, "
              f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; wall "
-             f"{'?' if wall is None else f'{wall / 60:.0f} min'}"
+             f"{'?' if wall is None else f'{wall / 60:.0f} min'}" + _reuse(res)
              + (" (the seeds' runs summed; seeds run side by side take less)" if len(seeds) > 1 else "")
              + _stage_time(res),
              "* versions: " + ", ".join(f"{k} {v.get(k)}" for k in PACKAGES)
