@@ -594,13 +594,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "validate":
             from .api import validate
-            from .pipeline import batch_warnings, task_warning
+            from .pipeline import plan_warnings
 
             plan, sizes = validate(cfg)
             print(f"{args.config}: valid; variants: {', '.join(plan.variants)}; pools: "
                   + ", ".join(f"{k}={v}" for k, v in sizes.items())
                   + (f"; seeds: {', '.join(map(str, cfg.seeds))}" if cfg.seeds else ""))
-            for warning in filter(None, [task_warning(plan), *batch_warnings(plan, sizes)]):
+            for warning in plan_warnings(plan, sizes):
                 print(warning)
             return 0
         return cmd_run(cfg, args.force)

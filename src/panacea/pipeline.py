@@ -436,6 +436,11 @@ def batch_warnings(plan: "Plan", sizes: dict[str, int]) -> list[str]:
     return out
 
 
+def plan_warnings(plan: "Plan", sizes: dict[str, int]) -> list[str]:
+    """Every one-line warning ``panacea validate`` prints and a run says first."""
+    return [w for w in [task_warning(plan), *batch_warnings(plan, sizes)] if w]
+
+
 def _asdict(dc) -> dict:
     return asdict(dc)
 
@@ -645,7 +650,7 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False) -> dict:
     plan = Plan(cfg)
     probe = Context(cfg)
     sizes = plan.check_data(probe)
-    for warning in filter(None, [task_warning(plan), *batch_warnings(plan, sizes)]):
+    for warning in plan_warnings(plan, sizes):
         say(warning)
     init()  # the process group, when launched on several processes (a no-op otherwise)
     plan.check_processes(num_processes())

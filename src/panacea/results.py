@@ -46,7 +46,6 @@ SCHEMA = "panacea-result/1"
 #: points of the reference variant's FA (issue "Results people can cite": FA within 3 points of SFT)
 FA_MARGIN = 3.0
 REFERENCE = "sft"
-_COPY_SEED = ("config.yaml", "metrics.json")
 #: keys of a run's config that are paths on the machine it ran on: not copied into a recorded result
 _LOCAL_KEYS = ("output_dir", "cache_dir")
 #: single-factor studies (configs/analysis/) whose section adds a factor table and a generated
@@ -134,15 +133,13 @@ def record(runs, out: str | Path, command: str | None = None, force: bool = Fals
         d = seeds[seed]
         dst = tmp if single else tmp / f"seed_{seed}"
         dst.mkdir(parents=True, exist_ok=True)
-        for f in _COPY_SEED:
-            if not (d / f).is_file():
-                raise UserError(f"{d / f} is missing: seed {seed} did not finish")
-            if f == "config.yaml":  # without the machine's paths (output_dir, cache_dir)
-                cfg = yaml.safe_load((d / f).read_text(encoding="utf-8")) or {}
-                (dst / f).write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k not in _LOCAL_KEYS},
-                                                    sort_keys=False, allow_unicode=True), encoding="utf-8")
-            else:
-                shutil.copy2(d / f, dst / f)
+        if not (d / "metrics.json").is_file():
+            raise UserError(f"{d / 'metrics.json'} is missing: seed {seed} did not finish")
+        shutil.copy2(d / "metrics.json", dst / "metrics.json")
+        if not single:  # a single seed's config is the top config.yaml below
+            (dst / "config.yaml").write_text(  # without the machine's paths (output_dir, cache_dir)
+                yaml.safe_dump({k: v for k, v in configs[seed].items() if k not in _LOCAL_KEYS},
+                               sort_keys=False, allow_unicode=True), encoding="utf-8")
         gens = d / "generations"
         if not gens.is_dir():
             raise UserError(f"{gens} is missing: the saved answers are needed to re-judge")
@@ -211,10 +208,13 @@ def load(folder: Path, judge: str | None = None) -> dict:
     if meta.get("schema") != SCHEMA:
         raise UserError(f"{folder / 'result.json'}: not a {SCHEMA} file")
     cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    per_seed = {}
+    per_seed, records, timings = {}, {}, {}
     for seed, rel in meta["seed_dirs"].items():
         d = folder / rel
-        rows = read_json(d / "metrics.json")["results"]
+        metrics = read_json(d / "metrics.json")
+        rows = metrics["results"]
+        records[int(seed)] = metrics.get("records") or {}
+        timings[int(seed)] = read_timings(d) or {}
         if judge:
             path = d / f"rejudge_{judge}.json"
             if not path.is_file():
@@ -222,8 +222,8 @@ def load(folder: Path, judge: str | None = None) -> dict:
             new = {r["name"]: r for r in read_json(path)["results"]}
             rows = [{**r, **{k: v for k, v in new.get(r["name"], {}).items() if k != "name"}} for r in rows]
         per_seed[int(seed)] = rows
-    return {"folder": folder, "meta": meta, "config": cfg, "per_seed": per_seed,
-            "summary": summarize(per_seed)}
+    return {"folder": folder, "meta": meta, "config": cfg, "per_seed": per_seed, "records": records,
+            "timings": timings, "summary": summarize(per_seed)}
 
 
 def _scalar_options(d: dict, skip: tuple[str, ...]) -> str:
@@ -313,8 +313,7 @@ def _stage_time(res: dict) -> str:
     the seeds from their ``timings.json``. Unlike the wall time (which, for a run resumed after an
     interruption, covers its last invocation only) it does not depend on how the run was split."""
     total, found = 0.0, False
-    for rel in res["meta"]["seed_dirs"].values():
-        t = read_timings(res["folder"] / rel) or {}
+    for t in res["timings"].values():
         for rec in (t.get("records") or {}).values():
             v = rec.get("apply_seconds", rec.get("train_seconds"))
             if isinstance(v, (int, float)):
@@ -333,8 +332,8 @@ def _reuse(res: dict) -> str:
     ``timings.json`` ``stages``, when the recorded invocation reused any: its wall time then covers
     only what it computed (e.g. a run assembled from stages other processes computed)."""
     computed = reused = 0
-    for rel in res["meta"]["seed_dirs"].values():
-        st = (read_timings(res["folder"] / rel) or {}).get("stages") or {}
+    for t in res["timings"].values():
+        st = t.get("stages") or {}
         computed += st.get("computed") or 0
         reused += st.get("reused") or 0
     return (f" (that invocation computed {computed} stage{'' if computed == 1 else 's'} and reused {reused})"

@@ -19,8 +19,6 @@ re-scored by it, else under the judge the run recorded.
 
 from __future__ import annotations
 
-from ..rundir import read_json
-
 #: the judge the conclusion is stated under when the answers were re-scored by it (the package's
 #: default judge, validated on human labels: docs/judge.md)
 PRIMARY_JUDGE = "learned"
@@ -32,8 +30,7 @@ def _runs(cfg: dict) -> dict:
 
 def _records(res: dict) -> dict[str, dict]:
     """variant → its stage record (``metrics.json`` ``records``) of the first seed."""
-    rel = next(iter(res["meta"]["seed_dirs"].values()))
-    return read_json(res["folder"] / rel / "metrics.json").get("records") or {}
+    return next(iter(res["records"].values()), {})
 
 
 def batch_sizes(pool: int, batch: int, steps: range) -> list[int]:
@@ -41,15 +38,19 @@ def batch_sizes(pool: int, batch: int, steps: range) -> list[int]:
     ``pool`` samples, as the single-process ``CyclingLoader`` draws them: each pass over the
     shuffled set gives ⌊pool/batch⌋ full batches and then the rest, if any, as a smaller batch."""
     full, rest = divmod(pool, batch)
-    per_pass = full + (1 if rest else 0)
+    per_pass = _per_pass(pool, batch)
     return [batch if i % per_pass < full else rest for i in steps]
+
+
+def _per_pass(pool: int, batch: int) -> int:
+    """Batches per pass over the set: the full ones and the smaller rest, if any."""
+    return -(-pool // batch)
 
 
 def _distinct(pool: int, batch: int, steps: range) -> str:
     """Distinct samples among the draws of ``steps``: every draw within one pass is distinct; a
     window that holds a whole pass has seen the whole set; otherwise at most min(draws, pool)."""
-    full, rest = divmod(pool, batch)
-    per_pass = full + (1 if rest else 0)
+    per_pass = _per_pass(pool, batch)
     draws = sum(batch_sizes(pool, batch, steps))
     if not steps or steps[0] // per_pass == steps[-1] // per_pass:
         return str(draws)
